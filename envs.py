@@ -104,6 +104,7 @@ class MultiAgentEnv:
     # --- the public interface ---
     def _finish_init(self) -> None:
         """Read the observation sizes off one abstract reset (no computation happens)."""
+        self._reset_where = _make_reset_where(self._reset)
         _, raw = jax.eval_shape(self._reset, jax.random.PRNGKey(0))
         ids = self.num_agents if self.add_agent_id else 0
         self.obs_dim = raw.obs.shape[-1] + ids
@@ -155,11 +156,9 @@ class MultiAgentEnv:
         done = terminated | truncated
         if self.metric_is_return:
             metric = episode_return
-        # Auto-reset: the first observation of the next episode replaces the terminal one.
-        reset_inner, reset_raw = self._reset(reset_key)
-        inner, raw = jax.tree_util.tree_map(
-            lambda r, x: jnp.where(done, r, x), (reset_inner, reset_raw), (inner, raw)
-        )
+        # Auto-reset: the first observation of the next episode replaces the terminal one. The
+        # reset is computed only on steps where some environment of the batch is done.
+        inner, raw = self._reset_where(done, done, reset_key, (inner, raw))
         obs, global_state = self._views(raw)
         state = EnvState(
             inner=inner,
@@ -188,6 +187,44 @@ class MultiAgentEnv:
             f"<{self.env_id}: {self.num_agents} agents, obs {self.obs_dim}, state {self.state_dim}, "
             f"actions {kind}, time limit {self.time_limit}, metric {self.metric_name}>"
         )
+
+
+def _make_reset_where(reset_fn: Callable) -> Callable:
+    """`(any_done, done, key, current) -> reset_fn(key) where done else current`, computing the
+    resets only when some environment is done.
+
+    Under `vmap` a `lax.cond` on a batched flag becomes a `select` that runs both branches, so a
+    plain auto-reset pays for a full reset on every step (about 1.7 steps' worth on RWARE, whose
+    episodes all end together every 500 steps). This function's batching rule instead reduces the
+    flag over the mapped axis and recurses, so that however many `vmap`s (seeds, envs) wrap it, the
+    innermost call sees one scalar "anything done?" and a real `cond` that skips the resets.
+    """
+
+    def fresh(key):  # key: (*B, 2): one reset per environment, for any number of batch dims
+        flat = key.reshape((-1, key.shape[-1]))
+        out = jax.vmap(reset_fn)(flat)
+        return jax.tree_util.tree_map(lambda x: x.reshape(key.shape[:-1] + x.shape[1:]), out)
+
+    @jax.custom_batching.custom_vmap
+    def reset_where(any_done, done, key, current):
+        def reset_done():
+            new = fresh(key)
+            pick = lambda n, c: jnp.where(done.reshape(done.shape + (1,) * (c.ndim - done.ndim)), n, c)
+            return jax.tree_util.tree_map(pick, new, current)
+
+        return jax.lax.cond(any_done, reset_done, lambda: current)
+
+    @reset_where.def_vmap
+    def _rule(axis_size, in_batched, any_done, done, key, current):
+        any_b, done_b, key_b, current_b = in_batched
+        widen = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+        any_done = jnp.any(any_done) if any_b else any_done
+        done, key = widen(done, done_b), widen(key, key_b)
+        current = jax.tree_util.tree_map(widen, current, current_b)
+        out = reset_where(any_done, done, key, current)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return reset_where
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +303,520 @@ def _make_coordsum(env_id: str, task: str) -> MultiAgentEnv:
 
 
 # --------------------------------------------------------------------------------------------------
+# RWARE, LBF and Connector (jumanji)
+# --------------------------------------------------------------------------------------------------
+# The adapters run jumanji's own `reset` and `step` (jumanji 1.1.2), built with the settings of the
+# paper's codebase (mava/configs/env/{rware,lbf,connector}.yaml and the scenario files). That
+# codebase pinned jumanji at commit 9ced6b8 (between 1.1.0 and 1.1.1, see its uv.lock), whose
+# RobotWarehouse and LevelBasedForaging are the same code as 1.1.2's; for Connector see below.
+# jumanji is imported when one of these environments is built, so `import envs` stays light. A
+# jumanji state carries its own random key, so the base class's per-step key goes unused.
+
+
+class Rware(MultiAgentEnv):
+    """RWARE (jumanji's RobotWarehouse): robots fetch the requested shelves to the goal cells.
+
+    Ids `rware-{size}-{N}ag[-hard]`: shelf rows x columns tiny 1x3, small 2x3, medium 2x5,
+    large 3x5, xlarge 4x5, column height 8, sensor range 1, N agents, and N requested shelves at a
+    time (N/2 for `-hard`). Actions (K = 5): no-op, forward, left, right, toggle load; the mask is
+    jumanji's. Observation: jumanji's vector view of the 3x3 cells around the agent (itself, other
+    agents, shelves). Reward: jumanji's team reward, the number of requested shelves delivered this
+    step, which every agent receives (Mava's RwareWrapper repeats it per agent). The episode is cut
+    (`truncated`) after 500 steps; jumanji also ends it (`terminated`) when two robots collide,
+    which the action mask does not always prevent. Metric: the episode return. Global state: all
+    agents' views concatenated (RWARE has no global view; Mava's default `get_global_state`).
+    """
+
+    family = "rware"
+    _SHELF_GRID = {  # shelf rows, shelf columns
+        "tiny": (1, 3), "small": (2, 3), "medium": (2, 5), "large": (3, 5), "xlarge": (4, 5),
+    }
+
+    def __init__(self, env_id: str, size: str, num_agents: int, hard: bool):
+        import numpy as np
+        from jumanji.environments import RobotWarehouse
+        from jumanji.environments.routing.robot_warehouse.generator import RandomGenerator
+        from jumanji.environments.routing.robot_warehouse.constants import _AGENTS, _SHELVES
+        from jumanji.environments.routing.robot_warehouse.types import State
+        from jumanji.environments.routing.robot_warehouse.utils import (
+            compute_action_mask,
+            is_collision,
+        )
+        from jumanji.environments.routing.robot_warehouse.utils_spawn import (
+            spawn_agent,
+            spawn_shelf,
+        )
+
+        self.shelf_rows, self.shelf_columns = self._SHELF_GRID[size]
+        self.request_queue_size = num_agents // 2 if hard else num_agents
+        generator = RandomGenerator(
+            shelf_rows=self.shelf_rows,
+            shelf_columns=self.shelf_columns,
+            column_height=8,
+            num_agents=num_agents,
+            sensor_range=1,
+            request_queue_size=self.request_queue_size,
+        )
+        self.time_limit = 500
+        self._env = RobotWarehouse(generator=generator, time_limit=self.time_limit)
+        self._is_collision = jax.vmap(is_collision, in_axes=(None, 0, 0))
+        self._action_mask = compute_action_mask
+        self._AGENTS_LAYER = _AGENTS
+        # The shelves' layer of the grid, which does not depend on the draws (as jumanji fills it:
+        # shelf i, at the i-th non-highway cell in row-major order, is written i + 1).
+        rows, columns = np.nonzero(~np.asarray(generator.highways, bool))
+        shelf_grid = np.zeros((2, *generator.grid_size), np.int32)
+        shelf_grid[_SHELVES, rows, columns] = np.arange(1, rows.size + 1)
+        self._spawn = (spawn_agent, spawn_shelf, State, jnp.asarray(shelf_grid))
+        self.env_id = env_id
+        self.num_agents = num_agents
+        self.num_actions = 5
+        self.action_dim = 1
+        self._finish_init()
+
+    def _observe(self, observation) -> _RawObs:
+        view = observation.agents_view  # (A, D0) int32; the base class makes it float32
+        return _RawObs(obs=view, state=view.reshape(-1), action_mask=observation.action_mask)
+
+    def _reset(self, key):
+        # jumanji's RandomGenerator and reset, but for how the agents' cells and the requested
+        # shelves are drawn: jumanji draws them with `jax.random.choice(replace=False)`, which
+        # shuffles (sorts) all the cells and costs 5x the rest of the reset on a CPU. We draw the
+        # same distributions (uniform ordered samples without replacement; uniform directions) by
+        # a partial Fisher-Yates shuffle (the modulo's bias is below 1e-7). The state is jumanji's
+        # `State`, equal in everything but the draws.
+        spawn_agent, spawn_shelf, State, shelf_grid = self._spawn
+        generator = self._env._generator
+        A, Q = self.num_agents, self.request_queue_size
+        key, draw_key = jax.random.split(key)
+        bits = jax.random.bits(draw_key, (2 * A + Q,))  # one draw for all (threefry is slow)
+        rows, columns = shelf_grid.shape[1:]
+        cells = _draw_distinct(bits[:A], rows * columns)
+        x, y = jnp.unravel_index(cells, (rows, columns))
+        directions = (bits[A : 2 * A] % 4).astype(jnp.int32)
+        queue = _draw_distinct(bits[2 * A :], generator.shelf_ids.size)
+        requested = jnp.zeros(generator.shelf_ids.shape).at[queue].set(1)
+        agents = jax.vmap(spawn_agent)(jnp.stack([x, y], axis=1), directions)
+        shelves = jax.vmap(spawn_shelf)(generator._shelf_positions, requested)
+        grid = shelf_grid.at[self._AGENTS_LAYER, x, y].set(jnp.arange(1, self.num_agents + 1))
+        inner = State(
+            grid=grid,
+            agents=agents,
+            shelves=shelves,
+            request_queue=queue,
+            step_count=jnp.array(0, jnp.int32),
+            action_mask=self._action_mask(grid, agents),
+            key=key,
+        )
+        view = self._env._make_observations(grid, agents, shelves)
+        return inner, _RawObs(obs=view, state=view.reshape(-1), action_mask=inner.action_mask)
+
+    def _step(self, key, inner, actions):
+        inner, timestep = self._env.step(inner, actions.astype(jnp.int32))
+        # jumanji ends the episode on a collision or at its step limit; only the collision is the
+        # task's own end (the step limit, the same 500, is the base class's truncation).
+        agent_ids = jnp.arange(self.num_agents)
+        terminated = jnp.any(self._is_collision(inner.grid, inner.agents, agent_ids))
+        reward = jnp.broadcast_to(timestep.reward, (self.num_agents,))
+        return inner, self._observe(timestep.observation), reward, terminated, jnp.float32(0.0)
+
+
+def _draw_distinct(bits: jax.Array, n: int) -> jax.Array:
+    """k = len(bits) distinct integers of 0..n-1 in uniformly random order, from k random uint32
+    (a partial Fisher-Yates shuffle of 0..n-1, with the shuffled array kept as its few writes)."""
+    k = bits.shape[0]
+    steps = jnp.arange(k)
+    picks = steps + (bits % (n - steps).astype(jnp.uint32)).astype(jnp.int32)  # i-th: in i..n-1
+    written_at, written, out = [], [], []
+    for i in range(k):
+        j = picks[i]
+        at_j, at_i = j, jnp.int32(i)  # the array's entries at j and i, after the earlier swaps
+        for where, value in zip(written_at, written):
+            at_j = jnp.where(where == j, value, at_j)
+            at_i = jnp.where(where == i, value, at_i)
+        out.append(at_j)
+        written_at.append(j)
+        written.append(at_i)
+    return jnp.stack(out)
+
+
+def _make_rware(env_id: str, task: str) -> MultiAgentEnv:
+    size, agents, *hard = task.split("-")
+    return Rware(env_id, size, int(agents.removesuffix("ag")), hard == ["hard"])
+
+
+class Lbf(MultiAgentEnv):
+    """LBF (jumanji's LevelBasedForaging): agents with levels gather food on a grid.
+
+    Ids `lbf-[2s-]{G}x{G}-{P}p-{F}f[-coop]`: a G x G grid, P agents of level 1-2, F food items;
+    each agent sees the cells within 2 (`2s-`) or G (the whole grid) of itself; `-coop` forces
+    every food's level to the sum of the three lowest agent levels (with 2 agents: both), so that
+    all must load it together. Actions (K = 6): no-op, up, down, left, right, load; the mask is
+    jumanji's. Observation: jumanji's vector view, (row, column, level) of every food, of the agent
+    itself and of the other agents (in its field of view's coordinates), (-1, -1, 0) for what it
+    cannot see. Reward: the team reward, the sum of
+    jumanji's agent rewards (Mava's LbfWrapper with aggregate_rewards), which every agent
+    receives: eating food of level l pays l / (total level of the episode's food), so an episode
+    returns at most 1, which it reaches by eating all the food. The episode ends (`terminated`)
+    when all the food is eaten, or is cut (`truncated`) after 100 steps. Metric: that normalised
+    episode return. Global state: all agents' views concatenated.
+    """
+
+    family = "lbf"
+
+    def __init__(self, env_id: str, grid_size: int, num_agents: int, num_food: int, fov: int,
+                 force_coop: bool):
+        from jumanji.environments import LevelBasedForaging
+        from jumanji.environments.routing.lbf.generator import RandomGenerator
+
+        self.grid_size, self.num_food = grid_size, num_food
+        self.fov, self.force_coop = fov, force_coop
+        generator = RandomGenerator(
+            grid_size=grid_size,
+            fov=fov,
+            num_agents=num_agents,
+            num_food=num_food,
+            max_agent_level=2,
+            force_coop=force_coop,
+        )
+        self.time_limit = 100
+        # jumanji's defaults for the rest, as Mava builds it: vector observations, rewards
+        # normalised by the total food level, no penalty for a failed load.
+        self._env = LevelBasedForaging(generator=generator, time_limit=self.time_limit)
+        self.env_id = env_id
+        self.num_agents = num_agents
+        self.num_actions = 6
+        self.action_dim = 1
+        self.metric_name = "normalised_return"
+        self._finish_init()
+
+    def _observe(self, observation) -> _RawObs:
+        view = observation.agents_view  # (A, 3 (F + A)) int32
+        return _RawObs(obs=view, state=view.reshape(-1), action_mask=observation.action_mask)
+
+    def _reset(self, key):
+        inner, timestep = self._env.reset(key)
+        return inner, self._observe(timestep.observation)
+
+    def _step(self, key, inner, actions):
+        inner, timestep = self._env.step(inner, actions.astype(jnp.int32))
+        terminated = jnp.all(inner.food_items.eaten)
+        reward = jnp.broadcast_to(timestep.reward.sum(), (self.num_agents,))
+        return inner, self._observe(timestep.observation), reward, terminated, jnp.float32(0.0)
+
+
+def _make_lbf(env_id: str, task: str) -> MultiAgentEnv:
+    parts = task.split("-")
+    fov = 2 if parts[0] == "2s" else None
+    parts = parts[1:] if fov else parts
+    grid_size = int(parts[0].split("x")[0])
+    num_agents, num_food = int(parts[1].removesuffix("p")), int(parts[2].removesuffix("f"))
+    return Lbf(env_id, grid_size, num_agents, num_food, fov or grid_size, parts[-1] == "coop")
+
+
+# Connector: jumanji 1.1.2 registers `Connector-v3`; the paper's codebase ran `Connector-v2`
+# (jumanji 9ced6b8 = 1.1.1's Connector). What v3 changed (jumanji PRs #284, #288), and what we do:
+# - Generator: v3's default `RandomWalkGenerator` is a new one, whose walks are pushed away from
+#   their start for up to 1.5 x grid-size steps, so targets lie farther off: a different task
+#   distribution. v2's generator survives unchanged, as `LegacyRandomWalkGenerator` (the same code
+#   and the same draws from a key): we use it.
+# - Dynamics: v3 rewrote the step (all agents moved at once, collisions found by comparing the new
+#   positions, action masks kept in the state) but it computes the same thing: a move is legal
+#   into an empty cell or the agent's own target, and when several agents move into one cell the
+#   one with the highest index gets it and the others stay. The reward is unchanged: per agent,
+#   +1 on the step it connects and -0.03 on every step that starts with it unconnected. (Checked:
+#   jumanji 1.1.1's Connector-v2 and 1.1.2's Connector with `LegacyRandomWalkGenerator` give the
+#   same boards from the same keys and the same grids, masks, rewards and ends at every step of
+#   256 random legal episodes each of 5x5x3a, 7x7x5a and 10x10x10a.)
+# - Time limit: v2 ended an episode at its time limit with a termination (discount 0), v3 with a
+#   truncation. Ours: `terminated` when every agent is connected or blocked, the time limit is the
+#   base class's `truncated` (the learner chooses whether to bootstrap there).
+# - Observation: unchanged (the grid, a (A, 5) action mask, the step count).
+# The paper's Connector numbers (0.94 on 5x5x3a ... 0.00-0.05 on 15x15x23a) are the *win rate*:
+# the share of evaluation episodes in which every agent connected (Mava's ConnectorWrapper logs
+# `won_episode` = ratio_connections == 1, which its logger turns into `win_rate`). Not the
+# episode return: Mava sums the agents' rewards into the team reward, so that return reaches
+# about 0.9 N (2.7 on 5x5x3a); divided by N it still cannot exceed 0.894 on 5x5x3a (1 - 0.03 x
+# the mean start-to-target distance, 3.5, of v2's boards), below the paper's 0.94, and it would
+# be about -0.5 for a random policy on 15x15x23a, where the paper has MAT at 0.00 +- 0.00. Not
+# the share of connected agents either: a random policy connects 22% of them on 15x15x23a, where
+# the paper's methods score 0.00-0.05. So `episode_metric` is 1 when the episode ended with every
+# agent connected, else 0 (and `episode_return` is the return of Mava's team reward).
+# NOTE(paper vs official code): the official code's `eval_metric` for Connector is the episode
+# return (it picks the checkpoint of the absolute metric by it); the paper's table gives the win
+# rate that the same code logs next to it.
+_CONNECTOR_TIME_LIMIT = {5: 25, 7: 49, 10: 100, 15: 225}  # mava/configs/env/scenario/con-*.yaml
+
+
+class Connector(MultiAgentEnv):
+    """Connector (jumanji's Connector, v2 task distribution): each agent draws a path from its
+    start to its target on a grid; paths block every agent.
+
+    Ids `connector-{G}x{G}x{N}a`: a G x G grid, N agents, episodes cut after 25/49/100/225 steps
+    (G = 5/7/10/15). Actions (K = 5): no-op, up, right, down, left; the mask is jumanji's (moves
+    into an empty cell or onto the agent's own target, none once connected). Observation, as
+    Mava's ConnectorWrapper builds it: the grid seen from the agent's own perspective, flattened
+    from (G, G, 5) channels (y, x, channel): 1 heads, 2 targets, each marked (k + 1) / N for the
+    agent k places after the viewer in cyclic order (the viewer itself is k = 0: 1 / N); 3 paths
+    (1); 4 the viewer's own head; 5 the viewer's own target (1 or 0). So the view identifies the
+    agent: no one-hot id (`add_agent_id=False`). Global state: channels 1-3 of agent 0's view.
+    Reward: the team reward, the sum of jumanji's agent rewards (+1 for each agent connecting
+    this step, -0.03 for each agent not yet connected), which every agent receives. The episode
+    ends (`terminated`) when every agent is connected or blocked (no legal move).
+    `episode_metric`: 1 if every agent is connected at the end of the episode, else 0, whose mean
+    is the win rate that the paper reports (see the note above).
+    """
+
+    family = "connector"
+    add_agent_id = False
+
+    def __init__(self, env_id: str, grid_size: int, num_agents: int):
+        from jumanji.environments import Connector as JumanjiConnector
+        from jumanji.environments.routing.connector.generator import LegacyRandomWalkGenerator
+        from jumanji.environments.routing.connector.reward import DenseRewardFn
+
+        self.grid_size = grid_size
+        self.time_limit = _CONNECTOR_TIME_LIMIT[grid_size]
+        self._env = JumanjiConnector(
+            generator=LegacyRandomWalkGenerator(grid_size=grid_size, num_agents=num_agents),
+            reward_fn=DenseRewardFn(),  # the default, as in v2: +1 on connecting, -0.03 per step
+            time_limit=self.time_limit,
+        )
+        self.env_id = env_id
+        self.num_agents = num_agents
+        self.num_actions = 5
+        self.action_dim = 1
+        self.metric_name = "win_rate"
+        self.metric_is_return = False
+        self._finish_init()
+
+    def _perspectives(self, grid: jax.Array) -> jax.Array:
+        """jumanji's grid (G, G) int32 -> every agent's view (A, G, G, 5) float32.
+
+        jumanji encodes agent j's path, head and target as 3j + 1, 3j + 2, 3j + 3 (0 is empty).
+        """
+        n = self.num_agents
+        occupied = grid > 0
+        owner = (grid - 1) // 3  # whose path, head or target the cell holds
+        kind = (grid - 1) % 3  # 0 path, 1 head, 2 target
+        # The owner's place after the viewer in cyclic order, for every viewer: (A, G, G).
+        rank = (owner[None] - jnp.arange(n)[:, None, None]) % n
+        label = (rank + 1).astype(jnp.float32) / n
+        head = occupied & (kind == 1)
+        target = occupied & (kind == 2)
+        path = jnp.broadcast_to(occupied & (kind == 0), rank.shape)
+        own = rank == 0
+        channels = (
+            jnp.where(head, label, 0.0),
+            jnp.where(target, label, 0.0),
+            path.astype(jnp.float32),
+            (head & own).astype(jnp.float32),
+            (target & own).astype(jnp.float32),
+        )
+        return jnp.stack(channels, axis=-1)
+
+    def _observe(self, observation) -> _RawObs:
+        views = self._perspectives(observation.grid)
+        return _RawObs(
+            obs=views.reshape(self.num_agents, -1),
+            state=views[0, ..., :3].reshape(-1),
+            action_mask=observation.action_mask,
+        )
+
+    def _reset(self, key):
+        inner, timestep = self._env.reset(key)
+        return inner, self._observe(timestep.observation)
+
+    def _step(self, key, inner, actions):
+        inner, timestep = self._env.step(inner, actions.astype(jnp.int32))
+        connected = inner.agents.connected
+        blocked = ~jnp.any(inner.action_mask[:, 1:], axis=-1)
+        terminated = jnp.all(connected | blocked)
+        won = jnp.all(connected).astype(jnp.float32)
+        reward = jnp.broadcast_to(timestep.reward.sum(), (self.num_agents,))
+        return inner, self._observe(timestep.observation), reward, terminated, won
+
+
+def _make_connector(env_id: str, task: str) -> MultiAgentEnv:
+    grid_size, _, num_agents = task.removesuffix("a").split("x")
+    return Connector(env_id, int(grid_size), int(num_agents))
+
+
+# --------------------------------------------------------------------------------------------------
+# SMAX and MPE (jaxmarl)
+# --------------------------------------------------------------------------------------------------
+# Both adapters call jaxmarl's `step_env` (the step without jaxmarl's own auto-reset, which would
+# compute a reset on every step under vmap): our base class does the resetting. jaxmarl is imported
+# when one of these environments is built, so `import envs` stays light.
+
+# NOTE(paper vs official code): the time limits are one step longer than jaxmarl's `max_steps`
+# (SMAX 100, MPE 25, the usual SMAX and MPE episode lengths). jaxmarl tests its step counter
+# *before* incrementing it, so its time-out ends an episode on step max_steps + 1, and the official
+# code's wrappers end episodes when jaxmarl says so: its runs had 101-step SMAX and 26-step MPE
+# episodes (which matters for MPE's returns: one more step of negative reward). We keep those.
+_JAXMARL_EXTRA_STEP = 1
+
+
+class SmaxState(NamedTuple):
+    env: Any  # jaxmarl's HeuristicEnemySMAX state (the battle and the enemy policy's memory)
+    obs: jax.Array  # (U, D0) float32: every unit's view, allies then enemies, of the current state
+
+
+class Smax(MultiAgentEnv):
+    """SMAX (StarCraft in JAX): the allies, our agents, against jaxmarl's heuristic enemy team.
+
+    Agent i is jaxmarl's `ally_i`. Actions per agent (K = 5 + number of enemies): 0-3 move, 4 stop,
+    5 + j attack enemy j; the mask is jaxmarl's `get_avail_actions` (dead agents may only stop;
+    attacks only on living enemies in range). Reward: jaxmarl's team reward, the same for every
+    ally: the enemies' health lost this step (as a share of their full health, averaged over the
+    enemies) plus 1 on the step the allies win. The episode ends (`terminated`) when one side is
+    wiped out, or is cut (`truncated`) after 101 steps. `episode_metric`: 1 if the allies won the
+    battle (every enemy dead, some ally alive), else 0. Global state: jaxmarl's world state (every
+    unit's health, position, cooldown and type, and each unit's team and type).
+
+    The SMACv2 maps (`smacv2_*`) draw, every episode, the allies' unit types uniformly from all six
+    of jaxmarl's types (the enemies mirror them) and the start positions from SMACv2's "surround or
+    reflect" distribution; the other maps have SMAC's fixed units and start positions (+ noise).
+    """
+
+    family = "smax"
+
+    def __init__(self, env_id: str, map_name: str):
+        from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+        from jaxmarl.environments.smax.heuristic_enemy_smax_env import State
+
+        # The settings of the paper's codebase (mava/configs/env/smax.yaml); jaxmarl's defaults
+        # for the rest (max_steps=100, won_battle_bonus=1, unit-list observations).
+        self._env = HeuristicEnemySMAX(
+            scenario=map_name_to_scenario(map_name),
+            see_enemy_actions=True,
+            walls_cause_death=True,
+            attack_mode="closest",
+        )
+        self._sim = self._env._env  # the two-team simulator underneath
+        self._State = State
+        self.env_id = env_id
+        self.num_agents = self._env.num_allies
+        self.num_enemies = self._env.num_enemies
+        self.num_actions = self._sim.num_ally_actions
+        self.action_dim = 1
+        self.time_limit = self._sim.max_steps + _JAXMARL_EXTRA_STEP
+        self.metric_name = "win_rate"
+        self.metric_is_return = False
+        self._finish_init()
+
+    def _unit_views(self, obs_dict, sim_state) -> tuple[jax.Array, _RawObs]:
+        """jaxmarl's observation dictionary -> (every unit's view (U, D0), what our agents see)."""
+        units = jnp.stack([obs_dict[unit] for unit in self._sim.agents])
+        avail = self._sim.get_avail_actions(sim_state)
+        mask = jnp.stack([avail[agent] for agent in self._env.agents]).astype(bool)
+        raw = _RawObs(obs=units[: self.num_agents], state=obs_dict["world_state"], action_mask=mask)
+        return units, raw
+
+    def _reset(self, key):
+        # HeuristicEnemySMAX.reset, keeping the enemies' views (it drops them) for their first move.
+        key, sim_key = jax.random.split(key)
+        obs_dict, sim_state = self._sim.reset(sim_key)
+        enemy_policy_state = self._env.get_enemy_policy_initial_state(key)
+        env_state = self._State(state=sim_state, enemy_policy_state=enemy_policy_state)
+        units, raw = self._unit_views(obs_dict, sim_state)
+        return SmaxState(env_state, units), raw
+
+    def _step(self, key, inner: SmaxState, actions):
+        # HeuristicEnemySMAX.step_env, except that the enemies act on the views that the last step
+        # computed (jaxmarl computes them afresh: the same function of the same state).
+        env, sim = self._env, self._sim
+        key, enemy_key = jax.random.split(key)
+        enemy_actions, enemy_policy_state = env.get_enemy_actions(
+            enemy_key, inner.env.enemy_policy_state, inner.obs[self.num_agents :]
+        )
+        enemy_actions = jnp.stack([enemy_actions[unit] for unit in env.enemy_agents])
+        ally_move, ally_attack = sim._decode_discrete_actions(actions.astype(jnp.int32))
+        enemy_move, enemy_attack = sim._decode_discrete_actions(enemy_actions)
+        decoded = (
+            jnp.concatenate([ally_move, enemy_move]),
+            jnp.concatenate([ally_attack, enemy_attack]),
+        )
+        obs_dict, sim_state, rewards, _, _ = sim.step_env_no_decode(key, inner.env.state, decoded)
+        env_state = self._State(state=sim_state, enemy_policy_state=enemy_policy_state)
+        units, raw = self._unit_views(obs_dict, sim_state)
+
+        alive = sim_state.unit_alive
+        allies_alive = jnp.any(alive[: self.num_agents])
+        enemies_alive = jnp.any(alive[self.num_agents :])
+        # jaxmarl also ends the episode on its time-out (`dones["__all__"]`); that end is a
+        # truncation, left to the base class, so `terminated` is the battle's end only.
+        terminated = ~allies_alive | ~enemies_alive
+        # Won: the condition for jaxmarl's won-battle bonus. Mava's SmaxWrapper reads the same
+        # event off the reward (`won_episode`: last step and every reward >= 1); the two differ
+        # only in a draw where every enemy went from full health to dead within the final step.
+        won = ~enemies_alive & allies_alive
+        reward = jnp.stack([rewards[agent] for agent in env.agents])
+        return SmaxState(env_state, units), raw, reward, terminated, won
+
+
+def _make_smax(env_id: str, task: str) -> MultiAgentEnv:
+    return Smax(env_id, task)
+
+
+class Mpe(MultiAgentEnv):
+    """MPE simple_spread (jaxmarl's `MPE_simple_spread_v3`): N agents cover N landmarks.
+
+    Agent i is jaxmarl's `agent_i`. Continuous actions, (A, 5) float32: jaxmarl's layout
+    [no-op, left, right, down, up], the force being (right - left, up - down) x 5; actions are
+    clipped to [action_low, action_high] = [-1, 1]. Reward of agent i, as jaxmarl gives it with
+    local_ratio 0.5: 0.5 x (minus the number of other agents it collides with) + 0.5 x (minus the
+    sum over landmarks of the distance to the nearest agent). No terminal state: every episode is
+    cut at 26 steps. Metric: the episode return (Σ_t mean over agents of the reward). Global state:
+    all agents' observations concatenated (as Mava's MPEWrapper builds it).
+    """
+
+    family = "mpe"
+    continuous = True
+
+    def __init__(self, env_id: str, num_agents: int):
+        from jaxmarl.environments.mpe import SimpleSpreadMPE
+
+        self._env = SimpleSpreadMPE(
+            num_agents=num_agents, num_landmarks=num_agents, local_ratio=0.5,
+            action_type="Continuous",
+        )
+        self.env_id = env_id
+        self.num_agents = num_agents
+        self.action_dim = self.num_actions = self._env.action_space(self._env.agents[0]).shape[0]
+        # NOTE(paper vs official code): jaxmarl declares actions in [0, 1], but the official code's
+        # policy head squashes with tanh and sends actions in [-1, 1] to jaxmarl unchanged (which
+        # does not clip), so the paper's agents could push with up to twice jaxmarl's nominal
+        # force. We declare [-1, 1] so that a policy squashed to our bounds moves as theirs did.
+        self.action_low, self.action_high = -1.0, 1.0
+        # No terminal state in simple_spread: its end is the time limit, a truncation. jaxmarl's
+        # max_steps is 25 but its episodes last 26 steps (see `_JAXMARL_EXTRA_STEP`).
+        self.time_limit = self._env.max_steps + _JAXMARL_EXTRA_STEP
+        self._finish_init()
+
+    def _observe(self, obs_dict) -> _RawObs:
+        obs = jnp.stack([obs_dict[agent] for agent in self._env.agents])
+        mask = jnp.ones((self.num_agents, self.num_actions), bool)
+        return _RawObs(obs=obs, state=obs.reshape(-1), action_mask=mask)
+
+    def _reset(self, key):
+        obs, inner = self._env.reset(key)
+        return inner, self._observe(obs)
+
+    def _step(self, key, inner, actions):
+        actions = jnp.clip(actions.astype(jnp.float32), self.action_low, self.action_high)
+        action_dict = {agent: actions[i] for i, agent in enumerate(self._env.agents)}
+        obs, inner, rewards, _, _ = self._env.step_env(key, inner, action_dict)
+        reward = jnp.stack([rewards[agent] for agent in self._env.agents])
+        return inner, self._observe(obs), reward, jnp.bool_(False), jnp.float32(0.0)
+
+
+def _make_mpe(env_id: str, task: str) -> MultiAgentEnv:
+    num_agents = int(task.removeprefix("simple_spread_").removesuffix("ag"))
+    return Mpe(env_id, num_agents)
+
+
+# --------------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------------
 _TASKS: dict[str, list[str]] = {
@@ -290,6 +841,11 @@ ENV_IDS: tuple[str, ...] = tuple(f"{family}-{task}" for family, tasks in _TASKS.
 
 _MAKERS: dict[str, Callable[[str, str], MultiAgentEnv]] = {
     "coordsum": _make_coordsum,
+    "rware": _make_rware,
+    "lbf": _make_lbf,
+    "connector": _make_connector,
+    "smax": _make_smax,
+    "mpe": _make_mpe,
 }
 
 

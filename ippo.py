@@ -1,0 +1,785 @@
+"""Recurrent IPPO: independent PPO with parameter sharing, a GRU actor and a GRU critic per agent.
+
+Every agent acts on its own observation (which carries a one-hot agent id, so one set of shared
+parameters can still behave differently per agent) and its critic sees that same observation.
+Each update collects `rollout_length` steps from `num_envs` environments, computes GAE advantages,
+and runs `ppo_epochs` epochs of clipped PPO over minibatches of whole environment sequences (cut
+into chunks of `recurrent_chunk_size` steps, each replayed from the GRU state stored at its start).
+
+    python ippo.py --env-id rware-tiny-4ag
+    python ippo.py --env-id coordsum-3x10 --preset paper      # the paper's tuned configuration
+
+The whole run, all seeds, is one compiled `jax.jit(jax.vmap(train))` call. At each of `num_evals`
+checkpoints the actor plays `num_eval_episodes` fresh episodes; at the end the best checkpoint is
+re-evaluated on 10x as many episodes (the paper's absolute metric). Results stream to
+`runs/<run-name>/` as they happen.
+
+Differs from mappo.py in: the critic reads each agent's own observation, not the global state.
+
+Shapes: S seeds, T rollout steps, E envs, A agents, D observation features, G global-state
+features, K actions, H GRU width, B = E*A sequences fed to a network at once, C chunk length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import distrax
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax.linen.initializers import constant, orthogonal
+
+import envs
+
+ALGO = "ippo"
+
+
+# ==================================================================================================
+# Args
+# ==================================================================================================
+@dataclass(frozen=True)
+class Args:
+    # --- shared: spelled identically in every script ---
+    env_id: str = "rware-tiny-4ag"
+    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    seed: int = 0
+    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
+    num_seeds: int = 10
+    """independent seeds trained together in one compiled call (vmapped)"""
+    total_timesteps: int = 20_000_000
+    """environment steps per seed (each step moves all agents of one environment)"""
+    num_envs: int = 128
+    """parallel training environments per seed (the paper: 64 envs x update_batch_size 2)"""
+    rollout_length: int = 128
+    """steps collected from each environment per update"""
+    num_minibatches: int = 2
+    """minibatches per PPO epoch, split along environments (must divide num_envs * chunks)"""
+    ppo_epochs: int = 4
+    """passes over each rollout"""
+    lr: float = 2.5e-4
+    """Adam learning rate (actor and critic, as the paper's configurations use one value for both)"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda. NOTE(paper vs official code): the paper's Table 2 says 0.9; its code used 0.95"""
+    clip_eps: float = 0.2
+    """PPO clip epsilon (also clips the value update, as Mava does)"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient. NOTE(paper vs official code): the paper says 0.1; its code used 0.5"""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip, per network"""
+    num_evals: int = 122
+    """evaluation checkpoints, evenly spaced over training"""
+    num_eval_episodes: int = 32
+    """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
+    greedy_eval: bool = False
+    """evaluate with the most likely action instead of sampling (the paper samples)"""
+    recurrent_chunk_size: int | None = None
+    """truncated-BPTT chunk length for the update (default: the whole rollout)"""
+    hidden_dim: int = 128
+    """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
+    preset: str | None = None
+    """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
+    out_dir: str = "runs"
+    """where each run gets its own folder"""
+    run_name: str | None = None
+    """folder name under out_dir (default: <env-id>__<algo>__<seed>__<time>); never overwritten"""
+    track: bool = False
+    """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
+    wandb_project: str = "magpo"
+    """wandb project under --track"""
+    save_model: bool = False
+    """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
+    eval_from: str | None = None
+    """instead of training, reload the saved actors of this run folder and evaluate them"""
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_length
+
+    @property
+    def num_updates(self) -> int:
+        return self.updates_per_eval * self.num_evals
+
+    @property
+    def updates_per_eval(self) -> int:
+        return self.total_timesteps // self.steps_per_update // self.num_evals
+
+    @property
+    def chunk_size(self) -> int:
+        return self.recurrent_chunk_size or self.rollout_length
+
+
+class ArgError(ValueError):
+    """A bad flag value: reported as one line on stderr, exit code 2."""
+
+
+def check_args(args: Args) -> None:
+    positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
+                "ppo_epochs", "num_evals", "num_eval_episodes", "hidden_dim"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ["lr", "clip_eps", "max_grad_norm"]:
+        if not getattr(args, name) > 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ArgError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.rollout_length % args.chunk_size:
+        raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
+    sequences = args.num_envs * (args.rollout_length // args.chunk_size)
+    if sequences % args.num_minibatches:
+        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
+                       f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
+    if args.updates_per_eval < 1:
+        raise ArgError(f"--total-timesteps {args.total_timesteps} is too small for {args.num_evals} evaluations: "
+                       f"it needs at least num_evals x num_envs x rollout_length = "
+                       f"{args.num_evals * args.steps_per_update} steps")
+
+
+def apply_preset(args: Args, explicit: set[str]) -> Args:
+    """The paper's tuned values for this task and algorithm, under every explicitly given flag."""
+    if args.preset is None:
+        return args
+    if args.preset != "paper":
+        raise ArgError(f"unknown --preset {args.preset!r}; the only preset is 'paper'")
+    family, _, task = args.env_id.partition("-")
+    task = "con-" + task if family == "connector" else task
+    path = Path(__file__).with_name("paper_params.csv")
+    with open(path) as f:
+        rows = [{k: v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    row = next((r for r in rows if r["system_name"] == ALGO and r["task"] == task and r["env_name"] == family), None)
+    if row is None:
+        have = sorted(f"{r['env_name']}-{r['task']}" for r in rows if r["system_name"] == ALGO)
+        raise ArgError(f"the paper lists no {ALGO} configuration for {args.env_id}; it has: {', '.join(have)}")
+    columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
+        "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
+        "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
+        "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
+        "actor_lr": ("lr", float),
+    }
+    values = {flag: cast(row[col]) for col, (flag, cast) in columns.items() if row.get(col)}
+    return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
+
+
+# ==================================================================================================
+# Networks
+# ==================================================================================================
+class ScannedGRU(nn.Module):
+    """A GRU over time. The hidden state is zeroed where `reset` marks the first step of an
+    episode, inside the scan and before the cell, so that rollout and replay share one path."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, hidden, inputs):  # hidden (B, H); inputs: x (T, B, F), reset (T, B)
+        def step(cell, hidden, xs):
+            x, reset = xs
+            hidden = jnp.where(reset[:, None], jnp.zeros_like(hidden), hidden)
+            return cell(hidden, x)
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        return scan(nn.GRUCell(self.hidden_dim), hidden, inputs)
+
+
+class ActionHead(nn.Module):
+    """Masked categorical for discrete tasks; a diagonal Gaussian for continuous ones (MPE).
+
+    Continuous actions are the Gaussian's raw samples; `env_action` squashes them into the env's
+    box with tanh. Ratios and KLs of the squashed policy equal those of the Gaussian (the tanh
+    Jacobian cancels), so the raw Gaussian is what the losses see."""
+
+    num_actions: int
+    continuous: bool
+
+    @nn.compact
+    def __call__(self, x, action_mask):
+        if self.continuous:
+            mean = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
+            log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+            return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std) * jnp.ones_like(mean))
+        logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
+        return distrax.Categorical(logits=jnp.where(action_mask, logits, jnp.finfo(jnp.float32).min))
+
+
+class Actor(nn.Module):
+    """The decentralised policy: MLP [H] -> GRU H -> MLP [H] -> action head (the paper's Table 3)."""
+
+    num_actions: int
+    continuous: bool
+    hidden_dim: int = 128
+
+    @nn.compact
+    def __call__(self, hidden, obs, reset, action_mask):  # obs (T, B, D), reset (T, B), mask (T, B, K)
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(obs))
+        hidden, x = ScannedGRU(self.hidden_dim)(hidden, (x, reset))
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(x))
+        return hidden, ActionHead(self.num_actions, self.continuous)(x, action_mask)
+
+
+class Critic(nn.Module):
+    """State value per agent: MLP [H] -> GRU H -> MLP [H] -> 1."""
+
+    hidden_dim: int = 128
+
+    @nn.compact
+    def __call__(self, hidden, critic_obs, reset):  # critic_obs (T, B, D or G), reset (T, B)
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(critic_obs))
+        hidden, x = ScannedGRU(self.hidden_dim)(hidden, (x, reset))
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(x))
+        return hidden, nn.Dense(1, kernel_init=orthogonal(1.0))(x)[..., 0]
+
+
+def critic_input(timestep: envs.TimeStep) -> jax.Array:
+    """What the critic reads: IPPO's critic sees each agent's own observation, (E, A, D)."""
+    return timestep.obs
+
+
+def agents_to_batch(x: jax.Array) -> jax.Array:
+    """(T, E, A, ...) -> (T, E*A, ...): agents become independent sequences for a network call."""
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def batch_to_agents(x: jax.Array, num_agents: int) -> jax.Array:
+    """(T, E*A, ...) -> (T, E, A, ...)."""
+    return x.reshape(x.shape[0], x.shape[1] // num_agents, num_agents, *x.shape[2:])
+
+
+def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
+    """The policy's action as the environment takes it (continuous: tanh-squashed into the box)."""
+    if not env.continuous:
+        return action
+    return env.action_low + (jnp.tanh(action) + 1.0) * 0.5 * (env.action_high - env.action_low)
+
+
+# ==================================================================================================
+# Containers
+# ==================================================================================================
+class Transition(NamedTuple):
+    obs: jax.Array  # (E, A, D) the actor's input
+    critic_obs: jax.Array  # (E, A, D or G) the critic's input
+    reset: jax.Array  # (E,) this observation starts an episode: resets the GRUs
+    action_mask: jax.Array  # (E, A, K)
+    action: jax.Array  # (E, A) or (E, A, K) for continuous
+    log_prob: jax.Array  # (E, A) under the behaviour policy
+    value: jax.Array  # (E, A)
+    reward: jax.Array  # (E, A)
+    done: jax.Array  # (E,) the episode ended with this step: no bootstrap through it (GAE)
+    episode_return: jax.Array  # (E,) nonzero only where done
+    episode_metric: jax.Array  # (E,)
+
+
+class Params(NamedTuple):
+    actor: Any
+    critic: Any
+
+
+class OptStates(NamedTuple):
+    actor: Any
+    critic: Any
+
+
+class RunnerState(NamedTuple):
+    params: Params
+    opt_states: OptStates
+    env_state: envs.EnvState  # batched over E
+    timestep: envs.TimeStep  # the latest, batched over E
+    actor_hidden: jax.Array  # (E*A, H)
+    critic_hidden: jax.Array  # (E*A, H)
+    key: jax.Array
+    best_actor: Any  # actor parameters of the best evaluation checkpoint so far
+    best_return: jax.Array  # () its mean evaluation return
+
+
+# ==================================================================================================
+# Pure math (no networks: the tests import these)
+# ==================================================================================================
+def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """Generalised advantage estimation, time-major: rewards, values (T, ...), dones (T, ...) with
+    dones[t] = the episode ended with step t (then nothing is bootstrapped through it), last_value
+    the value of the observation after the last step. Returns (advantages, value targets).
+
+    NOTE(paper vs official code): as in Mava, a time-limit truncation counts as an ending too."""
+
+    def step(carry, xs):
+        gae, next_value = carry
+        reward, value, done = xs
+        not_done = 1.0 - done
+        delta = reward + gamma * next_value * not_done - value
+        gae = delta + gamma * gae_lambda * not_done * gae
+        return (gae, value), gae
+
+    _, advantages = jax.lax.scan(
+        step, (jnp.zeros_like(last_value), last_value), (rewards, values, dones.astype(jnp.float32)),
+        reverse=True, unroll=16,
+    )
+    return advantages, advantages + values
+
+
+def ppo_clip_objective(log_prob, old_log_prob, advantages, clip_eps):
+    """PPO-clip loss to minimise: -E[min(r A, clip(r, 1-eps, 1+eps) A)], r = pi/pi_old.
+    Returns (loss, approx_kl, clip_frac)."""
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    loss = -jnp.minimum(unclipped, clipped).mean()
+    approx_kl = ((ratio - 1.0) - log_ratio).mean()  # the low-variance k3 estimator of KL(old||new)
+    clip_frac = (jnp.abs(ratio - 1.0) > clip_eps).mean()
+    return loss, approx_kl, clip_frac
+
+
+def clipped_value_loss(value, old_value, targets, clip_eps):
+    """0.5 * max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2), as Mava's PPO."""
+    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum(jnp.square(value - targets), jnp.square(clipped - targets)).mean()
+
+
+def normalize(x):
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+# ==================================================================================================
+# Training
+# ==================================================================================================
+def make_networks(args: Args, env: envs.MultiAgentEnv):
+    return Actor(env.num_actions, env.continuous, args.hidden_dim), Critic(args.hidden_dim)
+
+
+def make_optimizer(args: Args):
+    return optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(args.lr, eps=1e-5))
+
+
+def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor):
+    """evaluate(actor_params, key, num_episodes) -> (returns, metrics), each (num_episodes,):
+    one episode on each of num_episodes fresh envs, the actor on local observations only."""
+
+    def evaluate(actor_params, key, num_episodes):
+        B = num_episodes * env.num_agents
+        reset_key, key = jax.random.split(key)
+        env_state, timestep = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+        hidden = jnp.zeros((B, args.hidden_dim))
+        finished = jnp.zeros((num_episodes,), bool)
+        returns = jnp.zeros((num_episodes,))
+        metrics = jnp.zeros((num_episodes,))
+
+        def step(carry, step_key):
+            env_state, timestep, hidden, finished, returns, metrics = carry
+            ts = jax.tree_util.tree_map(lambda x: x[None], timestep)
+            reset = jnp.repeat(ts.reset, env.num_agents, axis=1)
+            hidden, pi = actor.apply(actor_params, hidden, agents_to_batch(ts.obs), reset,
+                                     agents_to_batch(ts.action_mask))
+            action = pi.mode() if args.greedy_eval else pi.sample(seed=step_key)
+            action = batch_to_agents(action, env.num_agents)[0]
+            env_state, timestep = jax.vmap(env.step)(env_state, env_action(env, action))
+            first_end = timestep.done & ~finished  # each env contributes its first episode only
+            returns = jnp.where(first_end, timestep.episode_return, returns)
+            metrics = jnp.where(first_end, timestep.episode_metric, metrics)
+            return (env_state, timestep, hidden, finished | timestep.done, returns, metrics), None
+
+        carry = (env_state, timestep, hidden, finished, returns, metrics)
+        carry, _ = jax.lax.scan(step, carry, jax.random.split(key, env.time_limit))
+        return carry[4], carry[5]
+
+    return evaluate
+
+
+def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
+    """train(key, seed_index) -> results: the whole run of one seed, to be jitted and vmapped.
+
+    `report(seed_index, checkpoint, metrics)` is called from inside the compiled run (a host
+    callback) after each evaluation, so progress and results stream out while it trains."""
+    actor, critic = make_networks(args, env)
+    optimizer = make_optimizer(args)
+    evaluate = make_evaluate(args, env, actor)
+    E, A, T, C, H = args.num_envs, env.num_agents, args.rollout_length, args.chunk_size, args.hidden_dim
+
+    def train(key, seed_index):
+        # ------------------------------------------------------------------ INIT
+        key, actor_key, critic_key, env_key = jax.random.split(key, 4)
+        env_state, timestep = jax.vmap(env.reset)(jax.random.split(env_key, E))
+        zeros_hidden = jnp.zeros((E * A, H))
+        ts1 = jax.tree_util.tree_map(lambda x: x[None], timestep)
+        reset1 = jnp.repeat(ts1.reset, A, axis=1)
+        actor_params = actor.init(actor_key, zeros_hidden, agents_to_batch(ts1.obs), reset1,
+                                  agents_to_batch(ts1.action_mask))
+        critic_params = critic.init(critic_key, zeros_hidden, agents_to_batch(critic_input(ts1)), reset1)
+        params = Params(actor_params, critic_params)
+        opt_states = OptStates(optimizer.init(actor_params), optimizer.init(critic_params))
+        runner = RunnerState(params, opt_states, env_state, timestep, zeros_hidden, zeros_hidden, key,
+                             actor_params, jnp.float32(-jnp.inf))
+
+        def update(runner: RunnerState, _):
+            # ------------------------------------------------------------------ COLLECT TRAJECTORIES
+            def env_step(runner: RunnerState, _):
+                key, action_key = jax.random.split(runner.key)
+                ts = jax.tree_util.tree_map(lambda x: x[None], runner.timestep)  # a time axis of 1
+                reset = jnp.repeat(ts.reset, A, axis=1)
+                actor_hidden, pi = actor.apply(runner.params.actor, runner.actor_hidden,
+                                               agents_to_batch(ts.obs), reset, agents_to_batch(ts.action_mask))
+                critic_hidden, value = critic.apply(runner.params.critic, runner.critic_hidden,
+                                                    agents_to_batch(critic_input(ts)), reset)
+                action, log_prob = pi.sample_and_log_prob(seed=action_key)
+                action, log_prob, value = (batch_to_agents(x, A)[0] for x in (action, log_prob, value))
+                env_state, timestep = jax.vmap(env.step)(runner.env_state, env_action(env, action))
+                transition = Transition(
+                    obs=runner.timestep.obs, critic_obs=critic_input(runner.timestep),
+                    reset=runner.timestep.reset, action_mask=runner.timestep.action_mask,
+                    action=action, log_prob=log_prob, value=value, reward=timestep.reward,
+                    done=timestep.done, episode_return=timestep.episode_return,
+                    episode_metric=timestep.episode_metric,
+                )
+                runner = runner._replace(env_state=env_state, timestep=timestep, actor_hidden=actor_hidden,
+                                         critic_hidden=critic_hidden, key=key)
+                return runner, transition
+
+            def chunk(runner: RunnerState, _):
+                # The GRU states at the start of each chunk are what the update replays from.
+                start_hidden = (runner.actor_hidden, runner.critic_hidden)
+                runner, transitions = jax.lax.scan(env_step, runner, None, C)
+                return runner, (transitions, start_hidden)
+
+            runner, (traj_batch, start_hidden) = jax.lax.scan(chunk, runner, None, T // C)
+            traj_batch = jax.tree_util.tree_map(lambda x: x.reshape(T, *x.shape[2:]), traj_batch)
+
+            # ------------------------------------------------------------------ CALCULATE ADVANTAGE
+            ts = jax.tree_util.tree_map(lambda x: x[None], runner.timestep)
+            _, last_value = critic.apply(runner.params.critic, runner.critic_hidden,
+                                         agents_to_batch(critic_input(ts)), jnp.repeat(ts.reset, A, axis=1))
+            last_value = batch_to_agents(last_value, A)[0]
+            dones = jnp.repeat(traj_batch.done[..., None], A, axis=-1)
+            advantages, targets = compute_gae(traj_batch.reward, traj_batch.value, dones, last_value,
+                                              args.gamma, args.gae_lambda)
+
+            # ------------------------------------------------------------------ UPDATE NETWORK
+            def loss_actor(actor_params, batch, hidden):
+                traj, advantages, _ = batch
+                reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
+                _, pi = actor.apply(actor_params, hidden, agents_to_batch(traj.obs),
+                                    agents_to_batch(reset), agents_to_batch(traj.action_mask))
+                log_prob = batch_to_agents(pi.log_prob(agents_to_batch(traj.action)), A)
+                loss, approx_kl, clip_frac = ppo_clip_objective(log_prob, traj.log_prob, normalize(advantages),
+                                                                args.clip_eps)
+                entropy = pi.entropy().mean()
+                # max |ratio - 1|: exactly 0 on an update's first minibatch unless the replay of the
+                # GRU (hidden states, resets, chunking) is misaligned with the rollout
+                ratio_dev = jnp.abs(jnp.exp(log_prob - traj.log_prob) - 1.0).max()
+                return loss - args.ent_coef * entropy, (loss, entropy, approx_kl, clip_frac, ratio_dev)
+
+            def loss_critic(critic_params, batch, hidden):
+                traj, _, targets = batch
+                reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
+                _, value = critic.apply(critic_params, hidden, agents_to_batch(traj.critic_obs),
+                                        agents_to_batch(reset))
+                value_loss = clipped_value_loss(batch_to_agents(value, A), traj.value, targets, args.clip_eps)
+                return args.vf_coef * value_loss, value_loss
+
+            def minibatch_update(carry, minibatch):
+                params, opt_states = carry
+                batch, (actor_hidden, critic_hidden) = minibatch
+                (_, (actor_loss, entropy, approx_kl, clip_frac, ratio_dev)), actor_grads = jax.value_and_grad(
+                    loss_actor, has_aux=True)(params.actor, batch, actor_hidden)
+                (_, value_loss), critic_grads = jax.value_and_grad(loss_critic, has_aux=True)(
+                    params.critic, batch, critic_hidden)
+                actor_updates, actor_opt = optimizer.update(actor_grads, opt_states.actor)
+                critic_updates, critic_opt = optimizer.update(critic_grads, opt_states.critic)
+                params = Params(optax.apply_updates(params.actor, actor_updates),
+                                optax.apply_updates(params.critic, critic_updates))
+                losses = {"loss/actor": actor_loss, "loss/value": value_loss, "loss/entropy": entropy,
+                          "loss/approx_kl": approx_kl, "loss/clip_frac": clip_frac, "loss/ratio_dev": ratio_dev}
+                return (params, OptStates(actor_opt, critic_opt)), losses
+
+            # Sequences: each env's rollout cut into chunks of C steps: (T, E, ...) -> (C, T//C * E, ...)
+            def to_sequences(x):
+                x = x.reshape(T // C, C, E, *x.shape[2:])
+                return jnp.swapaxes(x, 0, 1).reshape(C, (T // C) * E, *x.shape[3:])
+
+            sequences = jax.tree_util.tree_map(to_sequences, (traj_batch, advantages, targets))
+            # Stored hidden states (T//C, E*A, H) -> (T//C * E, A, H), matching the sequence order.
+            seq_hidden = jax.tree_util.tree_map(lambda h: h.reshape((T // C) * E, A, H), start_hidden)
+            N = (T // C) * E
+
+            def epoch(carry, epoch_key):
+                params, opt_states = carry
+                order = jax.random.permutation(epoch_key, N)
+
+                def split(x, axis):  # shuffle along the sequence axis, then cut into minibatches
+                    x = jnp.take(x, order, axis=axis)
+                    x = x.reshape(*x.shape[:axis], args.num_minibatches, -1, *x.shape[axis + 1:])
+                    return jnp.moveaxis(x, axis, 0)
+
+                batches = jax.tree_util.tree_map(lambda x: split(x, 1), sequences)
+                hiddens = jax.tree_util.tree_map(
+                    lambda h: split(h, 0).reshape(args.num_minibatches, -1, H), seq_hidden)
+                return jax.lax.scan(minibatch_update, (params, opt_states), (batches, hiddens))
+
+            key, epoch_key = jax.random.split(runner.key)
+            (params, opt_states), losses = jax.lax.scan(
+                epoch, (runner.params, runner.opt_states), jax.random.split(epoch_key, args.ppo_epochs))
+            runner = runner._replace(params=params, opt_states=opt_states, key=key)
+
+            ended = traj_batch.done.sum()
+            train_metrics = {k: v.mean() for k, v in losses.items() if k != "loss/ratio_dev"}
+            train_metrics["loss/first_ratio_dev"] = losses["loss/ratio_dev"][0, 0]  # first epoch, first minibatch
+            train_metrics["episode_return"] = traj_batch.episode_return.sum() / jnp.maximum(ended, 1)
+            train_metrics["episodes"] = ended
+            return runner, train_metrics
+
+        def checkpoint(runner: RunnerState, index):
+            runner, train_metrics = jax.lax.scan(update, runner, None, args.updates_per_eval)
+            # ------------------------------------------------------------------ EVALUATE
+            key, eval_key = jax.random.split(runner.key)
+            returns, metrics = evaluate(runner.params.actor, eval_key, args.num_eval_episodes)
+            better = returns.mean() > runner.best_return
+            best_actor = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b),
+                                                runner.best_actor, runner.params.actor)
+            runner = runner._replace(key=key, best_actor=best_actor,
+                                     best_return=jnp.maximum(returns.mean(), runner.best_return))
+            summary = {k: v.mean() for k, v in train_metrics.items()}
+            summary["episodes"] = train_metrics["episodes"].sum()
+            summary["loss/first_ratio_dev"] = train_metrics["loss/first_ratio_dev"].max()
+            out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
+            if report is not None:
+                jax.debug.callback(report, seed_index, index, out)
+            return runner, out
+
+        runner, history = jax.lax.scan(checkpoint, runner, jnp.arange(args.num_evals))
+        # The paper's absolute metric: the best checkpoint, re-evaluated on 10x the episodes.
+        key, abs_key = jax.random.split(runner.key)
+        abs_returns, abs_metrics = evaluate(runner.best_actor, abs_key, 10 * args.num_eval_episodes)
+        return {"history": history, "absolute/episode_return": abs_returns,
+                "absolute/episode_metric": abs_metrics, "actor": runner.params.actor,
+                "best_actor": runner.best_actor}
+
+    return train
+
+
+# ==================================================================================================
+# Reporting: progress lines, results on disk, wandb
+# ==================================================================================================
+class Reporter:
+    """Gathers the per-seed callbacks of each checkpoint; once all seeds have reported it prints one
+    progress line, appends the checkpoint to the run's files, and logs to wandb."""
+
+    def __init__(self, args: Args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None):
+        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_run
+        self.pending: dict[int, dict[int, dict]] = {}
+        self.start = time.time()
+        self.marl_eval = {env.family: {env.env_id: {ALGO: {}}}}  # marl-eval's nesting
+
+    def steps_at(self, checkpoint: int) -> int:
+        return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
+
+    def __call__(self, seed_index, checkpoint, metrics):
+        seed_index, checkpoint = int(seed_index), int(checkpoint)
+        metrics = jax.tree_util.tree_map(np.asarray, metrics)
+        self.pending.setdefault(checkpoint, {})[seed_index] = metrics
+        if len(self.pending[checkpoint]) == self.args.num_seeds:
+            self.flush(checkpoint, self.pending.pop(checkpoint))
+
+    def flush(self, checkpoint, by_seed):
+        args, steps = self.args, self.steps_at(checkpoint)
+        elapsed = time.time() - self.start
+        sps = steps * args.num_seeds / max(elapsed, 1e-9)
+        seeds = sorted(by_seed)
+        returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
+        metric = np.array([by_seed[s]["eval/episode_metric"].mean() for s in seeds])
+        eta = elapsed / (checkpoint + 1) * (args.num_evals - checkpoint - 1)
+        line = (f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | sps {sps:>9,.0f} | "
+                f"eval return {returns.mean():9.3f} ± {returns.std():7.3f}")
+        if not self.env.metric_is_return:
+            line += f" | {self.env.metric_name} {metric.mean():6.3f} ± {metric.std():6.3f}"
+        line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
+        print(line, flush=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            for s in seeds:
+                m = by_seed[s]
+                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
+                       "eval/episode_return": float(m["eval/episode_return"].mean()),
+                       "eval/episode_metric": float(m["eval/episode_metric"].mean()),
+                       "eval/episode_returns": m["eval/episode_return"].tolist(),
+                       **{k: float(v) for k, v in m.items() if not k.startswith("eval/")}}
+                f.write(json.dumps(row) + "\n")
+        for s in seeds:
+            entry = self.marl_eval[self.env.family][self.env.env_id][ALGO].setdefault(f"seed_{s}", {})
+            entry[f"step_{checkpoint}"] = {
+                "step_count": steps,
+                "episode_return": by_seed[s]["eval/episode_return"].tolist(),
+                self.env.metric_name: by_seed[s]["eval/episode_metric"].tolist(),
+            }
+        self.write_marl_eval()
+        if self.wandb is not None:
+            log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
+            for k in by_seed[seeds[0]]:
+                if not k.startswith("eval/"):
+                    log[k] = float(np.mean([by_seed[s][k] for s in seeds]))
+            for s, r in zip(seeds, returns):
+                log[f"eval/episode_return_seed{s}"] = r
+            self.wandb.log(log, step=steps)
+
+    def finish(self, results):
+        """The absolute metric per seed, after the compiled run returns."""
+        abs_returns = np.asarray(results["absolute/episode_return"])
+        abs_metrics = np.asarray(results["absolute/episode_metric"])
+        for s in range(self.args.num_seeds):
+            entry = self.marl_eval[self.env.family][self.env.env_id][ALGO].setdefault(f"seed_{s}", {})
+            entry["absolute_metrics"] = {"episode_return": abs_returns[s].tolist(),
+                                         self.env.metric_name: abs_metrics[s].tolist()}
+        self.write_marl_eval()
+        summary = {"absolute/episode_return": abs_returns.mean(1).tolist(),
+                   "absolute/episode_metric": abs_metrics.mean(1).tolist()}
+        (self.run_dir / "absolute_metric.json").write_text(json.dumps(summary, indent=1))
+        per_seed_r, per_seed_m = abs_returns.mean(1), abs_metrics.mean(1)
+        line = f"absolute metric (best checkpoint, {abs_returns.shape[1]} episodes): return " \
+               f"{per_seed_r.mean():.3f} ± {per_seed_r.std():.3f}"
+        if not self.env.metric_is_return:
+            line += f", {self.env.metric_name} {per_seed_m.mean():.3f} ± {per_seed_m.std():.3f}"
+        print(line, flush=True)
+        if self.wandb is not None:
+            self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
+            self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
+
+    def write_marl_eval(self):
+        tmp = self.run_dir / "marl_eval.json.tmp"
+        tmp.write_text(json.dumps(self.marl_eval))
+        os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def make_run_dir(args: Args) -> Path:
+    name = args.run_name or f"{args.env_id}__{ALGO}__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path(args.out_dir) / name
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:  # never overwrite another run
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def save_models(run_dir: Path, results) -> None:
+    models = run_dir / "models"
+    models.mkdir(exist_ok=True)
+    for which in ("actor", "best_actor"):
+        params = jax.device_get(results[which])
+        for s in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
+            one = jax.tree_util.tree_map(lambda x: x[s], params)
+            name = "final" if which == "actor" else "best"
+            (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
+
+
+# ==================================================================================================
+# main
+# ==================================================================================================
+def parse_args(argv=None) -> Args:
+    """tyro's parser, with its errors reduced to one line on stderr and exit code 2."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
+            args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+    except SystemExit as exit:
+        if exit.code in (0, None):  # --help
+            sys.stdout.write(buffer.getvalue())
+            raise
+        lines = [re.sub(r"^[\s│╭╰─|]+|[\s│╮╯─|]+$", "", l) for l in buffer.getvalue().splitlines()]
+        lines = [l for l in lines if l and set(l) - set("─-")]
+        message = lines[1] if len(lines) > 1 else "invalid arguments"
+        raise ArgError(f"{message} (see --help)") from None
+    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    return apply_preset(args, given)
+
+
+def evaluate_saved(args: Args) -> None:
+    """Reload the actors saved by a run (--save-model) and evaluate each on num_eval_episodes."""
+    run_dir = Path(args.eval_from)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file() or not (run_dir / "models").is_dir():
+        raise ArgError(f"{run_dir} is not a run folder saved with --save-model (no config.json or models/)")
+    config = json.loads(config_path.read_text())
+    if config.get("algo") != ALGO:
+        raise ArgError(f"{run_dir} was trained by {config.get('algo')}.py, not {ALGO}.py")
+    saved = Args(**{k: v for k, v in config["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+    saved = dataclasses.replace(saved, num_eval_episodes=args.num_eval_episodes, greedy_eval=args.greedy_eval)
+    env = envs.make(saved.env_id)
+    actor, _ = make_networks(saved, env)
+    evaluate = jax.jit(make_evaluate(saved, env, actor), static_argnums=2)
+    template = actor.init(jax.random.PRNGKey(0), jnp.zeros((env.num_agents, saved.hidden_dim)),
+                          jnp.zeros((1, env.num_agents, env.obs_dim)), jnp.zeros((1, env.num_agents), bool),
+                          jnp.ones((1, env.num_agents, env.num_actions), bool))
+    for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
+        params = flax.serialization.from_bytes(template, path.read_bytes())
+        returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes)
+        line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
+        if not env.metric_is_return:
+            line += f", {env.metric_name} {float(metrics.mean()):.3f}"
+        print(line + f" over {args.num_eval_episodes} episodes", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.eval_from:
+        return evaluate_saved(args)
+    check_args(args)
+    env = envs.make(args.env_id)
+
+    run_dir = make_run_dir(args)
+    config = {"algo": ALGO, "args": dataclasses.asdict(args), "env": repr(env),
+              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(project=args.wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
+    print(f"{ALGO} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
+          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
+
+    reporter = Reporter(args, env, run_dir, wandb_run)
+    train = jax.vmap(make_train(args, env, reporter))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
+    seed_indices = jnp.arange(args.num_seeds)
+    t0 = time.time()
+    compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    reporter.start = time.time()
+    results = jax.block_until_ready(compiled(keys, seed_indices))
+    reporter.finish(results)
+    if args.save_model:
+        save_models(run_dir, results)
+        print(f"saved actors to {run_dir / 'models'}; evaluate with: python {ALGO}.py --eval-from {run_dir}")
+    if wandb_run is not None:
+        wandb_run.finish()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ArgError, envs.UnknownEnvError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
