@@ -481,7 +481,9 @@ class Lbf(MultiAgentEnv):
         )
         self.time_limit = 100
         # jumanji's defaults for the rest, as Mava builds it: vector observations, rewards
-        # normalised by the total food level, no penalty for a failed load.
+        # normalised by the total food level, no penalty for a failed load. (jumanji's generator
+        # never spawns an agent in a row whose index is a coordinate of some food, a slip in its
+        # masking: kept, the paper's runs had it too.)
         self._env = LevelBasedForaging(generator=generator, time_limit=self.time_limit)
         self.env_id = env_id
         self.num_agents = num_agents

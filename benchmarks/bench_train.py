@@ -1,0 +1,69 @@
+"""Training throughput of the algorithm scripts: env-steps/s (all seeds together) and compile time.
+
+    python benchmarks/bench_train.py                                   # ippo, mappo; 1 and 10 seeds
+    python benchmarks/bench_train.py --scripts mappo --seeds 1 --ids coordsum-3x10 --updates 4
+
+Each configuration is compiled once (ahead of time, timed separately), then trains `--updates`
+updates of the paper's settings (128 envs x rollout 128 per seed, the script's defaults otherwise)
+followed by one small evaluation, timed to the end of the call. SPS = seeds x updates x 128 x 128 /
+seconds. Run it on the machine whose figures you report; the README records them with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import envs  # noqa: E402
+
+
+def measure(script_name: str, env_id: str, num_seeds: int, updates: int):
+    script = importlib.import_module(script_name)
+    defaults = script.Args()
+    args = script.Args(env_id=env_id, num_seeds=num_seeds, num_evals=1, num_eval_episodes=4,
+                       total_timesteps=updates * defaults.steps_per_update)
+    env = envs.make(env_id)
+    train = jax.jit(jax.vmap(script.make_train(args, env)))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(num_seeds))
+    seeds = jnp.arange(num_seeds)
+    t0 = time.perf_counter()
+    compiled = train.lower(keys, seeds).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(keys, seeds))
+    run_s = time.perf_counter() - t0
+    steps = num_seeds * args.num_updates * args.steps_per_update
+    return steps / run_s, compile_s, run_s
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo"])
+    parser.add_argument("--ids", nargs="+", default=["coordsum-3x10", "rware-tiny-4ag"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--updates", type=int, default=3)
+    opts = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
+          f"device {device.platform}:{device.device_kind}")
+    print(f"{'script':<12} {'env':<18} {'seeds':>5} {'SPS':>10} {'compile s':>10} {'run s':>8}")
+    for name in opts.scripts:
+        for env_id in opts.ids:
+            for num_seeds in opts.seeds:
+                sps, compile_s, run_s = measure(name, env_id, num_seeds, opts.updates)
+                print(f"{name:<12} {env_id:<18} {num_seeds:>5} {sps:>10,.0f} {compile_s:>10.1f} {run_s:>8.1f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
