@@ -26,6 +26,7 @@ comment says how and why.
 
 from __future__ import annotations
 
+import abc
 import difflib
 from typing import Any, Callable, NamedTuple
 
@@ -69,7 +70,7 @@ class UnknownEnvError(ValueError):
     """Raised by `make` for an id that is not one of `ENV_IDS`."""
 
 
-class MultiAgentEnv:
+class MultiAgentEnv(abc.ABC):
     """Auto-resetting, episode-tracking multi-agent environment.
 
     A family adapter subclasses this and implements `_reset(key) -> (inner, _RawObs)` and
@@ -95,11 +96,13 @@ class MultiAgentEnv:
     state_dim: int  # G
 
     # --- implemented by the families ---
+    @abc.abstractmethod
     def _reset(self, key: jax.Array) -> tuple[Any, _RawObs]:
-        raise NotImplementedError
+        """-> (inner state, _RawObs) of a new episode."""
 
+    @abc.abstractmethod
     def _step(self, key: jax.Array, inner: Any, actions: jax.Array):
-        raise NotImplementedError
+        """-> (inner state, _RawObs, reward (A,), terminated (), metric ())."""
 
     # --- the public interface ---
     def _finish_init(self) -> None:
