@@ -246,3 +246,19 @@ def test_preset_paper_gives_the_tuned_row_and_flags_override():
     assert (args.num_minibatches, args.max_grad_norm, args.clip_eps, args.ent_coef, args.lr) == (4, 10.0, 0.1, 0.01, 0.00025)
     assert args.ppo_epochs == 3  # explicit flag wins over the csv's 8
     assert mappo.parse_args(["--env-id", "coordsum-3x10", "--preset", "paper"]).clip_eps == 0.05
+
+
+def test_ippo_and_mappo_differ_only_in_the_critic_input_and_their_names():
+    """The diff ladder: mappo.py is ippo.py with the critic reading the global state."""
+    import difflib
+
+    ippo_lines = (ROOT / "ippo.py").read_text().splitlines()
+    mappo_lines = (ROOT / "mappo.py").read_text().splitlines()
+    changed = [l[1:] for l in difflib.unified_diff(ippo_lines, mappo_lines, n=0, lineterm="")
+               if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    code = [l for l in changed if l.strip() and not l.lstrip().startswith(("#", '"""'))
+            and "IPPO" not in l and "MAPPO" not in l and "python ippo.py" not in l and "python mappo.py" not in l
+            and "differs from" not in l.lower() and "critic sees" not in l and "own state" not in l
+            and "parameters can still" not in l]
+    assert sorted(code) == sorted(['ALGO = "ippo"', 'ALGO = "mappo"',
+                                   "    return timestep.obs", "    return timestep.global_state"]), code
