@@ -893,6 +893,9 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
             def epoch(carry, epoch_key):
                 params, opt_states = carry
+                # NOTE(paper vs official code): the released code also permutes the agents' order in
+                # each minibatch before the guider's teacher-forced pass, which changes what each
+                # decoder step is conditioned on (ratios != 1 from the start); we keep the rollout's.
                 order = jax.random.permutation(epoch_key, N)
 
                 def split(x, axis):  # shuffle along the sequence axis, then cut into minibatches

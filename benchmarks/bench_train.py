@@ -1,6 +1,6 @@
 """Training throughput of the algorithm scripts: env-steps/s (all seeds together) and compile time.
 
-    python benchmarks/bench_train.py                                   # ippo, mappo; 1 and 10 seeds
+    python benchmarks/bench_train.py                                   # ippo, mappo, magpo_sable; 1 and 10 seeds
     python benchmarks/bench_train.py --scripts mappo --seeds 1 --ids coordsum-3x10 --updates 4
 
 Each configuration is compiled once (ahead of time, timed separately), then trains `--updates`
@@ -48,7 +48,7 @@ def measure(script_name: str, env_id: str, num_seeds: int, updates: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo"])
+    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo", "magpo_sable"])
     parser.add_argument("--ids", nargs="+", default=["coordsum-3x10", "rware-tiny-4ag"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--updates", type=int, default=3)

@@ -121,14 +121,19 @@ def test_chunkwise_retention_equals_the_recurrent_form_with_resets(continuous):
         assert np.take_along_axis(np.asarray(mask), np.asarray(actions)[..., None], -1).all()  # masks honoured
 
     # chunkwise: the whole sequence at once, teacher-forced on the sampled actions
-    value, pi = guider.apply(params, hidden0, obs, actions, reset, step_count, mask)
+    @jax.jit
+    def replay(hidden, obs, actions, reset, step_count, mask):
+        value, pi = guider.apply(params, hidden, obs, actions, reset, step_count, mask)
+        return value, pi.log_prob(actions)
+
+    value, log_prob = replay(hidden0, obs, actions, reset, step_count, mask)
     np.testing.assert_allclose(value, values, atol=2e-4)
-    np.testing.assert_allclose(pi.log_prob(actions), log_probs, atol=2e-4)
+    np.testing.assert_allclose(log_prob, log_probs, atol=2e-4)
     # and in chunks of 4 steps, each from the state stored at its start (what the update replays)
     for start in (0, 4, 8):
         sl = slice(start, start + 4)
-        value, pi = guider.apply(params, states[start], obs[sl], actions[sl], reset[sl], step_count[sl], mask[sl])
-        np.testing.assert_allclose(pi.log_prob(actions[sl]), log_probs[sl], atol=2e-4)
+        value, log_prob = replay(states[start], obs[sl], actions[sl], reset[sl], step_count[sl], mask[sl])
+        np.testing.assert_allclose(log_prob, log_probs[sl], atol=2e-4)
         np.testing.assert_allclose(value, values[sl], atol=2e-4)
 
 
@@ -180,6 +185,7 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own():
                               jnp.ones((1, E * A), bool), mask.reshape(1, E * A, K))
     actor_params = randomised(actor_params, jax.random.PRNGKey(1))
 
+    @jax.jit
     def actor_logits(o):
         _, pi = actor.apply(actor_params, jnp.zeros((E * A, 128)), ms.agents_to_batch(o), jnp.ones((1, E * A), bool),
                             ms.agents_to_batch(mask))
@@ -192,7 +198,8 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own():
     hidden = ms.zero_sable_hidden(args, E)
     guider_params = randomised(guider.init(jax.random.PRNGKey(0), hidden, obs, action, reset, jnp.zeros((1, E), jnp.int32),
                                            mask), jax.random.PRNGKey(2))
-    guider_logits = lambda o: guider.apply(guider_params, hidden, o, action, reset, jnp.zeros((1, E), jnp.int32), mask)[1].logits
+    guider_logits = jax.jit(lambda o: guider.apply(guider_params, hidden, o, action, reset, jnp.zeros((1, E), jnp.int32),
+                                                   mask)[1].logits)
     assert not np.allclose(guider_logits(obs)[:, :, 2], guider_logits(other)[:, :, 2])
 
 
@@ -215,7 +222,7 @@ def run_train(num_seeds, seed=0, **overrides):
     return jax.device_get(compiled_train(num_seeds, **overrides)(keys, jnp.arange(num_seeds)))
 
 
-def test_first_minibatch_ratios_are_one_and_seeds_batch_deterministically():
+def test_first_minibatch_ratios_are_one_and_runs_are_deterministic():
     # Chunks of 8 steps replayed from stored GRU and retention states; a CoordSum episode (100 steps)
     # ends inside the 4 x 32 steps, so a reset falls inside a chunk: misalignment shows as ratio != 1.
     single = run_train(1)
@@ -225,11 +232,10 @@ def test_first_minibatch_ratios_are_one_and_seeds_batch_deterministically():
     assert (h["loss/first_actor_ratio_dev"] < 1e-5).all(), h["loss/first_actor_ratio_dev"]  # learner: replay vs rollout
     for k in ("loss/kl", "loss/guider_kl", "magpo/mask_frac", "magpo/abs_log_ratio", "guider/episode_return"):
         assert np.isfinite(h[k]).all() and k in h
+    # the same seed gives the same run; another seed another (seed batching itself is the skeleton's,
+    # tested on ippo/mappo, and the command-line test trains 2 seeds in one call)
     np.testing.assert_array_equal(run_train(1)["history"]["eval/episode_return"], h["eval/episode_return"])
-    batched = run_train(2)
-    np.testing.assert_allclose(batched["history"]["eval/episode_return"][0, 0], h["eval/episode_return"][0, 0], atol=1e-4)
-    np.testing.assert_allclose(batched["history"]["loss/value"][0, 0], h["loss/value"][0, 0], rtol=1e-3)
-    assert batched["history"]["loss/guider"][0, 0] != batched["history"]["loss/guider"][1, 0]
+    assert run_train(1, seed=1)["history"]["loss/guider"][0, 0] != h["loss/guider"][0, 0]
 
 
 def test_ctce_trains_sable_alone_and_deploys_it():
