@@ -357,21 +357,25 @@ class Retention(nn.Module):
     def heads(self, x):  # (B, L, M) -> (B, L, nh, hs)
         return x.reshape(*x.shape[:-1], self.n_head, self.width // self.n_head)
 
-    def __call__(self, key, query, value, hidden, reset, step_count, chunkwise):
-        """key, query, value (B, L, M); hidden (B, nh, hs, hs); reset (B, C) per step (chunkwise
+    def __call__(self, x, query, hidden, reset, step_count, chunkwise):
+        """x (B, L, M) gives the keys and values, query (B, L, M) the queries (x itself for
+        self-retention); hidden (B, nh, hs, hs); reset (B, C) per step (chunkwise
         only); step_count (B, C) steps since the episode began, for the positional encoding.
         Returns the output (B, L, M) and the state after the last token."""
-        B, L, _ = value.shape
+        B, L, _ = x.shape
         steps = L // self.num_agents
         position = positional_encoding(jnp.repeat(step_count, L // step_count.shape[1], axis=1), self.width)
-        q = self.heads((query + position) @ self.w_q)
-        k = self.heads((key + position) @ self.w_k)
-        v = self.heads((value + position) @ self.w_v)
+        if query is x:  # self-retention: one matrix product for q, k and v
+            q, k, v = jnp.split((x + position) @ jnp.concatenate([self.w_q, self.w_k, self.w_v], 1), 3, axis=-1)
+        else:  # cross-retention: one for k and v
+            q = (query + position) @ self.w_q
+            k, v = jnp.split((x + position) @ jnp.concatenate([self.w_k, self.w_v], 1), 2, axis=-1)
+        q, k, v = self.heads(q), self.heads(k), self.heads(v)
         kappa = jnp.asarray(self.decay, jnp.float32)  # (nh,)
         if not chunkwise:
             hidden = hidden + jnp.einsum("blhd,blhe->bhde", k, v)
             retained = jnp.einsum("blhd,bhde->blhe", q, hidden)
-            return self.output(key, retained), hidden
+            return self.output(x, retained), hidden
         # RetNet's chunkwise form, in blocks of s steps (about 64 tokens): inside a block a product
         # masked by the decay matrix, across blocks the state carries the past, so the work grows
         # linearly with the chunk length. Decay matrices come from a cumulative sum of the resets.
@@ -400,11 +404,11 @@ class Retention(nn.Module):
         # The state entering a block reaches its step t decayed by κ^(t+1), up to the block's first reset.
         xi = jnp.where((episode == 0)[..., None], kappa ** (t + 1.0)[:, None], 0.0)  # (B, n, l, nh)
         cross = jnp.einsum("bjlhd,bjhde->bjlhe", q, jnp.moveaxis(entering, 0, 1)) * xi[..., None]
-        return self.output(key, (inner + cross).reshape(B, L, nh, hs)), hidden
+        return self.output(x, (inner + cross).reshape(B, L, nh, hs)), hidden
 
     def output(self, x, retained):
-        """Per-head normalisation (RetNet's group norm), the swish gate on the key input, and the
-        output projection."""
+        """Per-head normalisation (RetNet's group norm), the swish gate on the key/value input, and
+        the output projection."""
         mean = retained.mean(-1, keepdims=True)
         var = retained.var(-1, keepdims=True)
         retained = ((retained - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(x.shape)
@@ -421,7 +425,7 @@ class EncodeBlock(nn.Module):
     @nn.compact
     def __call__(self, x, hidden, reset, step_count, chunkwise):
         retained, hidden = Retention(self.width, self.n_head, self.decay, self.num_agents, masked=False)(
-            x, x, x, hidden, reset, step_count, chunkwise)
+            x, x, hidden, reset, step_count, chunkwise)
         x = nn.RMSNorm()(x + retained)
         return nn.RMSNorm()(x + SwiGLU(self.width)(x)), hidden
 
@@ -437,10 +441,10 @@ class DecodeBlock(nn.Module):
         hidden_self, hidden_cross = hidden
         retention = lambda: Retention(self.width, self.n_head, self.decay, self.num_agents, masked=True)
         # self-retention over the actions already chosen
-        retained, hidden_self = retention()(x, x, x, hidden_self, reset, step_count, chunkwise)
+        retained, hidden_self = retention()(x, x, hidden_self, reset, step_count, chunkwise)
         x = nn.RMSNorm()(x + retained)
         # cross-retention: each agent's observation (query) reads those actions (keys, values)
-        retained, hidden_cross = retention()(x, obs_rep, x, hidden_cross, reset, step_count, chunkwise)
+        retained, hidden_cross = retention()(x, obs_rep, hidden_cross, reset, step_count, chunkwise)
         y = nn.RMSNorm()(obs_rep + retained)
         return nn.RMSNorm()(y + SwiGLU(self.width)(y)), (hidden_self, hidden_cross)
 

@@ -150,9 +150,9 @@ def test_chunkwise_retention_carries_the_same_state_as_the_recurrent_form(masked
     reset = jnp.array(reset)
     step_count = jnp.array(rng.integers(0, 50, size=(B, C)), jnp.int32)
     hidden0 = jnp.array(rng.normal(size=(B, nh, M // nh, M // nh)), jnp.float32)
-    params = retention.init(jax.random.PRNGKey(0), x, x, x, hidden0, reset, step_count, True)
+    params = retention.init(jax.random.PRNGKey(0), x, x, hidden0, reset, step_count, True)
     assert ms.block_steps(C, A) < C  # several blocks: the scan across blocks is exercised
-    out, state = retention.apply(params, x, x, x, hidden0, reset, step_count, True)
+    out, state = retention.apply(params, x, x, hidden0, reset, step_count, True)
     kappa = jnp.array(decay)[None, :, None, None]
     hidden, outs = hidden0, []
     for t in range(C):
@@ -160,11 +160,11 @@ def test_chunkwise_retention_carries_the_same_state_as_the_recurrent_form(masked
         tokens = x[:, t * A:(t + 1) * A]
         if masked:  # the decoder: one agent at a time
             for a in range(A):
-                y, hidden = retention.apply(params, tokens[:, a:a + 1], tokens[:, a:a + 1], tokens[:, a:a + 1], hidden,
-                                            None, step_count[:, t:t + 1], False)
+                token = tokens[:, a:a + 1]
+                y, hidden = retention.apply(params, token, token, hidden, None, step_count[:, t:t + 1], False)
                 outs.append(y)
         else:
-            y, hidden = retention.apply(params, tokens, tokens, tokens, hidden, None, step_count[:, t:t + 1], False)
+            y, hidden = retention.apply(params, tokens, tokens, hidden, None, step_count[:, t:t + 1], False)
             outs.append(y)
     np.testing.assert_allclose(out, jnp.concatenate(outs, 1), atol=1e-4)
     np.testing.assert_allclose(state, hidden, atol=1e-4)
