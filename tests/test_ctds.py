@@ -1,0 +1,90 @@
+"""ctds.py: the CTDS objectives (by hand, and as MAGPO's with δ -> ∞, no mask and λ = 0), the
+training loop's invariants and learning on CoordSum in one short run, the command line, and the
+diff ladder against magpo_sable.py."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ctds
+import envs
+import magpo_sable as ms
+from test_magpo import random_policy_return
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ctds_objectives_are_magpos_without_the_constraint():
+    rng = np.random.default_rng(0)
+    mu, pi, old, adv = (jnp.array(rng.normal(size=64), jnp.float32) for _ in range(4))
+    kl = jnp.abs(jnp.array(rng.normal(size=64), jnp.float32))
+    # teacher: plain PPO = MAGPO's guider objective with δ -> ∞ (the mask is then empty)
+    teacher, info = ctds.teacher_objective(mu, old, adv, 0.2)
+    guider, masked_kl, _ = ms.guider_objective(mu, pi, old, adv, kl, jnp.inf, 0.2)
+    np.testing.assert_allclose(teacher, guider, rtol=1e-6)
+    assert masked_kl == 0.0
+    np.testing.assert_allclose(info["loss/clip_frac"], np.mean(np.abs(np.exp(mu - old) - 1) > 0.2))
+    # students: distillation = MAGPO's learner objective with λ = 0
+    student = ctds.student_objective(pi, old, adv, kl, 0.0, 0.2)
+    np.testing.assert_allclose(student[0], ms.actor_objective(pi, old, adv, kl, 0.0, 0.2)[0], rtol=1e-6)
+    np.testing.assert_allclose(student[0], np.mean(kl), rtol=1e-6)
+
+
+def test_student_objective_by_hand_with_the_auxiliary_ppo_term():
+    # KL mean 0.2; PPO with ratio π/μ_old: e^0.5 -> clipped 1.2 (Â = 1), 1 (Â = -1): -(1.2 - 1)/2 = -0.1
+    loss, ppo, kl = ctds.student_objective(jnp.array([0.5, 0.0]), jnp.zeros(2), jnp.array([1.0, -1.0]),
+                                           jnp.array([0.1, 0.3]), 0.5, 0.2)
+    np.testing.assert_allclose((loss, ppo, kl), (0.2 - 0.05, -0.1, 0.2), rtol=1e-5)
+    assert ctds.Args().lam == 0.0  # pure distillation by default
+
+
+def test_students_learn_coordsum_with_aligned_replays():
+    """One short run: ratios are exactly 1 on every update's first minibatch (teacher μ/μ_old, and the
+    students' replayed log-probs against the rollout's), and the students beat a random policy."""
+    random_return = random_policy_return("coordsum-3x10")
+    args = ctds.Args(env_id="coordsum-3x10", num_seeds=1, num_envs=16, rollout_length=64, num_minibatches=2,
+                     ppo_epochs=4, num_evals=2, num_eval_episodes=32, total_timesteps=2 * 30 * 1024, lr=1e-3,
+                     embed_dim=32)
+    train = jax.jit(jax.vmap(ctds.make_train(args, envs.make(args.env_id))))
+    out = jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1)))
+    h = out["history"]
+    assert (h["loss/first_ratio_dev"] < 1e-5).all() and (h["loss/first_actor_ratio_dev"] < 1e-5).all()
+    assert "magpo/mask_frac" not in h and np.isfinite(h["guider/episode_return"]).all()
+    curve = h["eval/episode_return"].mean(-1)[0]  # the decentralised students
+    assert curve[-1] > 3 * random_return, (curve, random_return)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--delta", "1.2"], "Unrecognized"),
+    (["--ctce"], "Unrecognized"),
+    (["--lam", "-1"], "--lam must be non-negative"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "ctds.py"), *flags], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_preset_paper_takes_magpos_row_without_delta_and_lambda():
+    args = ctds.parse_args(["--env-id", "rware-tiny-4ag", "--preset", "paper"])
+    assert (args.n_block, args.lr, args.embed_dim, args.lam) == (3, 0.0005, 128, 0.0)
+
+
+SAME = ["Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
+        "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
+        "make_networks", "make_optimizer", "make_evaluate", "Reporter", "make_run_dir", "parse_args"]
+
+
+def test_ctds_is_magpo_sable_with_other_losses():
+    """The diff ladder: the networks, the rollout's containers, evaluation and plumbing are the same text."""
+    for name in SAME:
+        assert inspect.getsource(getattr(ctds, name)) == inspect.getsource(getattr(ms, name)), name
