@@ -367,7 +367,7 @@ class Retention(nn.Module):
         A, nh, hs = self.num_agents, self.n_head, self.width // self.n_head
         s = block_steps(steps, A)
         n, l = steps // s, s * A  # blocks, tokens per block
-        q, k, v = (x.reshape(B, n, l, nh, hs) for x in (q, k, v))
+        q, k, v = (y.reshape(B, n, l, nh, hs) for y in (q, k, v))
         t = jnp.arange(l) // A  # the step of each token within its block
         episode = jnp.cumsum(reset.reshape(B, n, s), axis=2)[:, :, t]  # (B, n, l): episodes since the block start
         gap = t[:, None] - t[None, :]  # (l, l): t(n) - t(m)

@@ -15,7 +15,7 @@ import pytest
 import ctds
 import envs
 import magpo_sable as ms
-from test_magpo import random_policy_return
+from helpers import error_lines, random_policy_return
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "ctds.py"), *flags], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+    lines = error_lines(proc)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import envs
+from helpers import error_lines, random_policy_return
 import magpo_sable as ms
 import mappo
 
@@ -248,23 +249,6 @@ def test_ctce_trains_sable_alone_and_deploys_it():
     assert any("encoder" in "/".join(map(str, path)) for path, _ in jax.tree_util.tree_leaves_with_path(out["actor"]))
 
 
-def random_policy_return(env_id, episodes=64):
-    env = envs.make(env_id)
-
-    def run(key):
-        state, ts = jax.vmap(env.reset)(jax.random.split(key, episodes))
-
-        def body(carry, k):
-            state, ts, total = carry
-            actions = jax.random.categorical(k, jnp.where(ts.action_mask, 0.0, -jnp.inf))
-            state, ts = jax.vmap(env.step)(state, actions)
-            return (state, ts, total + ts.episode_return), None
-
-        return jax.lax.scan(body, (state, ts, jnp.zeros(episodes)), jax.random.split(key, env.time_limit))[0][2]
-
-    return float(jax.jit(run)(jax.random.PRNGKey(0)).mean())
-
-
 def test_learner_learns_coordsum_beyond_a_random_policy():
     random_return = random_policy_return("coordsum-3x10")
     assert 2.0 < random_return < 8.0
@@ -322,7 +306,7 @@ def test_cli_trains_streams_results_saves_and_reloads(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
     proc = run_cli(*flags, cwd=tmp_path)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+    lines = error_lines(proc)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import envs
+from helpers import error_lines, random_policy_return
 import ippo
 import mappo
 
@@ -150,23 +151,6 @@ def test_first_minibatch_ratio_is_one_and_seeds_batch_deterministically(name):
     assert len(set(np.round(losses, 7).tolist())) == 3
 
 
-def random_policy_return(env_id, episodes=64):
-    env = envs.make(env_id)
-
-    def run(key):
-        state, ts = jax.vmap(env.reset)(jax.random.split(key, episodes))
-
-        def body(carry, k):
-            state, ts, total = carry
-            actions = jax.random.categorical(k, jnp.where(ts.action_mask, 0.0, -jnp.inf))
-            state, ts = jax.vmap(env.step)(state, actions)
-            return (state, ts, total + ts.episode_return), None
-
-        return jax.lax.scan(body, (state, ts, jnp.zeros(episodes)), jax.random.split(key, env.time_limit))[0][2]
-
-    return float(jax.jit(run)(jax.random.PRNGKey(0)).mean())
-
-
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_learns_coordsum_beyond_a_random_policy(name):
     random_return = random_policy_return("coordsum-3x10")
@@ -235,7 +219,7 @@ def test_cli_trains_streams_results_saves_and_reloads(name, tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
     proc = run_cli("ippo", *flags, cwd=tmp_path)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+    lines = error_lines(proc)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

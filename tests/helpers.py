@@ -1,0 +1,29 @@
+"""What several test files share: a random policy's return, and the check of a one-line CLI error."""
+
+import jax
+import jax.numpy as jnp
+
+import envs
+
+
+def random_policy_return(env_id, episodes=64):
+    """Mean episode return of uniformly random legal actions (the bar learning tests must clear)."""
+    env = envs.make(env_id)
+
+    def run(key):
+        state, ts = jax.vmap(env.reset)(jax.random.split(key, episodes))
+
+        def body(carry, k):
+            state, ts, total = carry
+            actions = jax.random.categorical(k, jnp.where(ts.action_mask, 0.0, -jnp.inf))
+            state, ts = jax.vmap(env.step)(state, actions)
+            return (state, ts, total + ts.episode_return), None
+
+        return jax.lax.scan(body, (state, ts, jnp.zeros(episodes)), jax.random.split(key, env.time_limit))[0][2]
+
+    return float(jax.jit(run)(jax.random.PRNGKey(0)).mean())
+
+
+def error_lines(proc):
+    """stderr of a finished CLI call without jaxmarl's import chatter."""
+    return [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
