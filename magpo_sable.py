@@ -548,7 +548,7 @@ class Guider(nn.Module):
         return jnp.stack(actions, 1), jnp.stack(log_probs, 1), value, hidden
 
 
-def zero_sable_hidden(args: Args, batch: int) -> SableHidden:
+def zero_guider_hidden(args: Args, batch: int) -> SableHidden:
     hs = args.embed_dim // args.n_head
     zeros = jnp.zeros((batch, args.n_block, args.n_head, hs, hs))
     return SableHidden(zeros, zeros, zeros)
@@ -725,7 +725,7 @@ def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor, guider: Gui
         B = num_episodes * env.num_agents
         reset_key, key = jax.random.split(key)
         env_state, timestep = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
-        hidden = zero_sable_hidden(args, num_episodes) if centralised else jnp.zeros((B, args.hidden_dim))
+        hidden = zero_guider_hidden(args, num_episodes) if centralised else jnp.zeros((B, args.hidden_dim))
         finished = jnp.zeros((num_episodes,), bool)
         returns = jnp.zeros((num_episodes,))
         metrics = jnp.zeros((num_episodes,))
@@ -779,7 +779,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
         reset1 = jnp.repeat(ts1.reset, A, axis=1)
         actor_params = actor.init(actor_key, zeros_hidden, agents_to_batch(ts1.obs), reset1,
                                   agents_to_batch(ts1.action_mask))
-        guider_hidden = zero_sable_hidden(args, E)
+        guider_hidden = zero_guider_hidden(args, E)
         zeros_action = jnp.zeros((1, E, A, env.num_actions)) if env.continuous else jnp.zeros((1, E, A), jnp.int32)
         guider_params = guider.init(guider_key, guider_hidden, ts1.obs, zeros_action, ts1.reset,
                                     env_state.step_count[None], ts1.action_mask)
@@ -1126,7 +1126,7 @@ def evaluate_saved(args: Args) -> None:
     A, key = env.num_agents, jax.random.PRNGKey(0)
     if saved.ctce:
         action = jnp.zeros((1, 1, A, env.num_actions)) if env.continuous else jnp.zeros((1, 1, A), jnp.int32)
-        template = guider.init(key, zero_sable_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
+        template = guider.init(key, zero_guider_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
                                jnp.zeros((1, 1), bool), jnp.zeros((1, 1), jnp.int32),
                                jnp.ones((1, 1, A, env.num_actions), bool))
     else:

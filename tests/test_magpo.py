@@ -104,7 +104,7 @@ def test_chunkwise_retention_equals_the_recurrent_form_with_resets(continuous):
     mask[..., 0] = True
     reset, step_count, mask = jnp.array(reset), jnp.array(step_count), jnp.array(mask)
     action0 = jnp.zeros((T, B, A, K)) if continuous else jnp.zeros((T, B, A), jnp.int32)
-    hidden0 = ms.zero_sable_hidden(args, B)
+    hidden0 = ms.zero_guider_hidden(args, B)
     params = guider.init(jax.random.PRNGKey(0), hidden0, obs, action0, reset, step_count, mask)
     params = randomised(params, jax.random.PRNGKey(1))
     # a nonzero state carried in from an earlier rollout
@@ -196,7 +196,7 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own():
     np.testing.assert_array_equal(before[:, :, 1:], after[:, :, 1:])
     assert not np.allclose(before[:, :, 0], after[:, :, 0])
     action = jnp.zeros((1, E, A), jnp.int32)
-    hidden = ms.zero_sable_hidden(args, E)
+    hidden = ms.zero_guider_hidden(args, E)
     guider_params = randomised(guider.init(jax.random.PRNGKey(0), hidden, obs, action, reset, jnp.zeros((1, E), jnp.int32),
                                            mask), jax.random.PRNGKey(2))
     guider_logits = jax.jit(lambda o: guider.apply(guider_params, hidden, o, action, reset, jnp.zeros((1, E), jnp.int32),
