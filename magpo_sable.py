@@ -583,8 +583,8 @@ def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
 # ==================================================================================================
 class Transition(NamedTuple):
     obs: jax.Array  # (E, A, D) each agent's own observation: the learner's input, and the guider's tokens
-    reset: jax.Array  # (E,) this observation starts an episode: resets the GRU and the retention states
-    step_count: jax.Array  # (E,) steps since the episode began (the guider's positional encoding)
+    reset: jax.Array  # (E,) this observation starts an episode: resets the learner's GRU and the guider's memory
+    step_count: jax.Array  # (E,) steps since the episode began (Sable encodes it; MAT does not read it)
     action_mask: jax.Array  # (E, A, K)
     action: jax.Array  # (E, A) or (E, A, K) for continuous: the guider's action
     log_prob: jax.Array  # (E, A) under the behaviour policy, the guider μ_old (each agent given those before it)
@@ -612,7 +612,7 @@ class RunnerState(NamedTuple):
     env_state: envs.EnvState  # batched over E
     timestep: envs.TimeStep  # the latest, batched over E
     actor_hidden: jax.Array  # (E*A, H)
-    guider_hidden: SableHidden  # each (E, nb, nh, hs, hs)
+    guider_hidden: Any  # the guider's memory across steps, batched over E (zero_guider_hidden)
     key: jax.Array
     best_actor: Any  # parameters of the deployed policy (the learner; the guider under --ctce) at the best checkpoint
     best_return: jax.Array  # () its mean evaluation return
@@ -817,7 +817,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 return runner, transition
 
             def chunk(runner: RunnerState, _):
-                # The GRU and retention states at the start of each chunk are what the update replays from.
+                # The recurrent states at the start of each chunk are what the update replays from.
                 start_hidden = (runner.actor_hidden, runner.guider_hidden)
                 runner, transitions = jax.lax.scan(env_step, runner, None, C)
                 return runner, (transitions, start_hidden)

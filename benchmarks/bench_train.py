@@ -1,7 +1,11 @@
 """Training throughput of the algorithm scripts: env-steps/s (all seeds together) and compile time.
 
-    python benchmarks/bench_train.py                                   # ippo, mappo, magpo_sable; 1 and 10 seeds
+    python benchmarks/bench_train.py                                   # every script; 1 and 10 seeds
     python benchmarks/bench_train.py --scripts mappo --seeds 1 --ids coordsum-3x10 --updates 4
+    python benchmarks/bench_train.py --scripts magpo_mat:ctce --set ppo_epochs=5 num_minibatches=1
+
+A script may carry flags after a colon (`magpo_mat:ctce`, `magpo_sable:ctce,embed_dim=32`); `--set`
+overrides flags of every script measured.
 
 Each configuration is compiled once (ahead of time, timed separately), then trains `--updates`
 updates of the paper's settings (128 envs x rollout 128 per seed, the script's defaults otherwise)
@@ -12,6 +16,7 @@ seconds. Run it on the machine whose figures you report; the README records them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import platform
@@ -27,11 +32,23 @@ sys.path.insert(0, str(ROOT))
 import envs  # noqa: E402
 
 
-def measure(script_name: str, env_id: str, num_seeds: int, updates: int):
+def parse_flags(items, defaults) -> dict:
+    """['ctce', 'ppo_epochs=5'] -> {'ctce': True, 'ppo_epochs': 5}, cast to the type of each default."""
+    flags = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        default = getattr(defaults, name)
+        flags[name] = True if not value else type(default)(value) if default is not None else int(value)
+    return flags
+
+
+def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: list[str]):
+    script_name, _, flags = spec.partition(":")
     script = importlib.import_module(script_name)
     defaults = script.Args()
-    args = script.Args(env_id=env_id, num_seeds=num_seeds, num_evals=1, num_eval_episodes=4,
-                       total_timesteps=updates * defaults.steps_per_update)
+    flags = parse_flags([f for f in flags.split(",") if f] + overrides, defaults)
+    args = script.Args(**{**flags, "env_id": env_id, "num_seeds": num_seeds, "num_evals": 1, "num_eval_episodes": 4})
+    args = dataclasses.replace(args, total_timesteps=updates * args.steps_per_update)
     env = envs.make(env_id)
     train = jax.jit(jax.vmap(script.make_train(args, env)))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(num_seeds))
@@ -48,20 +65,24 @@ def measure(script_name: str, env_id: str, num_seeds: int, updates: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo", "magpo_sable"])
+    parser.add_argument("--scripts", nargs="+",
+                        default=["ippo", "mappo", "magpo_sable", "magpo_sable:ctce", "magpo_mat", "magpo_mat:ctce", "ctds"])
     parser.add_argument("--ids", nargs="+", default=["coordsum-3x10", "rware-tiny-4ag"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FLAG=VALUE", help="flags for every script")
     opts = parser.parse_args()
     device = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
           f"device {device.platform}:{device.device_kind}")
-    print(f"{'script':<12} {'env':<18} {'seeds':>5} {'SPS':>10} {'compile s':>10} {'run s':>8}")
+    if opts.set:
+        print(f"flags: {' '.join(opts.set)}")
+    print(f"{'script':<18} {'env':<18} {'seeds':>5} {'SPS':>10} {'compile s':>10} {'run s':>8}")
     for name in opts.scripts:
         for env_id in opts.ids:
             for num_seeds in opts.seeds:
-                sps, compile_s, run_s = measure(name, env_id, num_seeds, opts.updates)
-                print(f"{name:<12} {env_id:<18} {num_seeds:>5} {sps:>10,.0f} {compile_s:>10.1f} {run_s:>8.1f}",
+                sps, compile_s, run_s = measure(name, env_id, num_seeds, opts.updates, opts.set)
+                print(f"{name:<18} {env_id:<18} {num_seeds:>5} {sps:>10,.0f} {compile_s:>10.1f} {run_s:>8.1f}",
                       flush=True)
 
 

@@ -1,4 +1,5 @@
-"""What several test files share: a random policy's return, and the check of a one-line CLI error."""
+"""What several test files share: a random policy's return, perturbed parameters, and the check of a
+one-line CLI error."""
 
 import jax
 import jax.numpy as jnp
@@ -27,3 +28,10 @@ def random_policy_return(env_id, episodes=64):
 def error_lines(proc):
     """stderr of a finished CLI call without jaxmarl's import chatter."""
     return [l for l in proc.stderr.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+
+
+def randomised(params, key, scale=0.3):
+    """Every parameter perturbed (Sable zero-initialises its feed-forward layers, which would hide them)."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

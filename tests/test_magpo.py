@@ -1,4 +1,4 @@
-"""magpo_sable.py: Eq. 8-11 on hand-computed values, Sable's chunkwise retention against its
+"""magpo_sable.py (and, where the two guiders share a test, magpo_mat.py): Eq. 8-11 on hand-computed values, Sable's chunkwise retention against its
 recurrent form, the training loop's invariants (ratios, decentralisation, seeds), learning on
 CoordSum, --ctce, and the command line."""
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import envs
-from helpers import error_lines, random_policy_return
+from helpers import error_lines, random_policy_return, randomised
+import magpo_mat as mm
 import magpo_sable as ms
 import mappo
 
@@ -80,13 +81,6 @@ def test_actor_objective_by_hand():
 def small_guider(continuous, num_agents=3, num_actions=4, n_head=2, n_block=2):
     args = ms.Args(embed_dim=16, n_head=n_head, n_block=n_block, decay_scaling_factor=0.9)
     return args, ms.Guider(num_agents, num_actions, continuous, 16, n_head, n_block, ms.decay_rates(args))
-
-
-def randomised(params, key, scale=0.3):
-    """Every parameter perturbed (Sable zero-initialises its feed-forward layers, which would hide them)."""
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
@@ -171,16 +165,17 @@ def test_chunkwise_retention_carries_the_same_state_as_the_recurrent_form(masked
     np.testing.assert_allclose(state, hidden, atol=1e-4)
 
 
-def test_guider_sees_all_agents_and_the_learner_only_its_own():
+@pytest.mark.parametrize("algo", [ms, mm], ids=["sable", "mat"])
+def test_guider_sees_all_agents_and_the_learner_only_its_own(algo):
     """The guider is centralised: agent 2's policy moves with agent 0's observation. The learner is
     decentralised: changing another agent's observation leaves agent i's action distribution as is."""
-    args = ms.Args(env_id="coordsum-3x10", embed_dim=16, n_block=1)
+    args = algo.Args(env_id="coordsum-3x10", embed_dim=16, n_block=1)
     env = envs.make(args.env_id)
-    actor, guider = ms.make_networks(args, env)
+    actor, guider = algo.make_networks(args, env)
     E, A, D, K = 4, env.num_agents, env.obs_dim, env.num_actions
     rng = np.random.default_rng(0)
     obs = jnp.array(rng.normal(size=(1, E, A, D)), jnp.float32)
-    other = obs.at[:, :, 0].add(1.0)  # only agent 0's observation changes
+    other = obs.at[:, :, 0].add(jnp.array(rng.normal(size=D), jnp.float32))  # only agent 0's observation changes
     reset, mask = jnp.ones((1, E), bool), jnp.ones((1, E, A, K), bool)
     actor_params = actor.init(jax.random.PRNGKey(0), jnp.zeros((E * A, 128)), obs.reshape(1, E * A, D),
                               jnp.ones((1, E * A), bool), mask.reshape(1, E * A, K))
@@ -188,15 +183,15 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own():
 
     @jax.jit
     def actor_logits(o):
-        _, pi = actor.apply(actor_params, jnp.zeros((E * A, 128)), ms.agents_to_batch(o), jnp.ones((1, E * A), bool),
-                            ms.agents_to_batch(mask))
-        return ms.batch_to_agents(pi.logits, A)
+        _, pi = actor.apply(actor_params, jnp.zeros((E * A, 128)), algo.agents_to_batch(o), jnp.ones((1, E * A), bool),
+                            algo.agents_to_batch(mask))
+        return algo.batch_to_agents(pi.logits, A)
 
     before, after = actor_logits(obs), actor_logits(other)
     np.testing.assert_array_equal(before[:, :, 1:], after[:, :, 1:])
     assert not np.allclose(before[:, :, 0], after[:, :, 0])
     action = jnp.zeros((1, E, A), jnp.int32)
-    hidden = ms.zero_guider_hidden(args, E)
+    hidden = algo.zero_guider_hidden(args, E)
     guider_params = randomised(guider.init(jax.random.PRNGKey(0), hidden, obs, action, reset, jnp.zeros((1, E), jnp.int32),
                                            mask), jax.random.PRNGKey(2))
     guider_logits = jax.jit(lambda o: guider.apply(guider_params, hidden, o, action, reset, jnp.zeros((1, E), jnp.int32),

@@ -1,0 +1,1075 @@
+"""MAGPO with a MAT guider (Multi-Agent Guided Policy Optimization, §4), and `--ctce` for plain MAT.
+
+The paper's second guider (§5.2, Fig. 4a). A centralised, auto-regressive guider μ_φ (MAT, the
+Multi-Agent Transformer: attention across the agents of one step, no memory across steps) sees every
+agent's observation, picks the agents' actions one after another and collects the data;
+decentralised learners π_θ (the GRU actor of mappo.py, one set of parameters shared by all agents,
+each on its own observation) are what gets deployed and evaluated. One update is the paper's four
+steps (§4.1):
+  1. COLLECT TRAJECTORIES: the guider acts (`Guider.act`); the learner's GRU is stepped alongside
+     so that its stored hidden states match the data it is trained on.
+  2. UPDATE NETWORK, `guider_objective` (Eq. 8-9): PPO with a double clip that keeps μ/π of the
+     taken action within [1/δ, δ], plus KL(μ‖π) where that ratio left it (the mask m), plus the
+     value loss and an entropy bonus. The guider's values are the only critic.
+  3. UPDATE NETWORK, `actor_objective` (Eq. 10-11): the learner moves towards the guider, KL(μ‖π),
+     plus λ times PPO-clip with ratio π/μ_old on the guider's advantages.
+  4. Backtracking: no parameter copy; the constraint of step 2 pulls the guider back to what the
+     learners can follow (as the released code does it).
+
+    python magpo_mat.py --env-id rware-large-8ag --delta 1.3 --lam 1
+    python magpo_mat.py --env-id coordsum-3x10 --preset paper    # MAT's tuned row with MAGPO's δ, λ
+    python magpo_mat.py --env-id coordsum-3x10 --ctce            # plain MAT (Table 1's column)
+
+The whole run, all seeds, is one compiled `jax.jit(jax.vmap(train))` call. At each of `num_evals`
+checkpoints the learner plays `num_eval_episodes` fresh episodes on local observations (the guider's
+centralised return is logged beside it as a diagnostic); at the end the best checkpoint is
+re-evaluated on 10x as many episodes (the paper's absolute metric). Results stream to
+`runs/<run-name>/` as they happen.
+
+Differs from magpo_sable.py in: the guider network (MAT instead of Sable) and its flags; nothing else.
+
+Shapes: S seeds, T rollout steps, E envs, A agents, D observation features, K actions, H GRU width,
+B = E*A sequences fed to the GRU at once, C chunk length, M embedding width, nh attention heads of
+width hs = M/nh, nb blocks.
+Symbols: μ_φ -> guider, π_θ -> actor, δ -> delta, λ -> lam, ε -> clip_eps, m -> mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import distrax
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax.linen.initializers import constant, orthogonal
+
+import envs
+
+ALGO = "magpo_mat"
+
+
+def system_name(args: Args) -> str:
+    """The method's name in results and in the paper's tables: MAGPO, or MAT under --ctce."""
+    return "mat" if args.ctce else "magpo"
+
+
+# ==================================================================================================
+# Args
+# ==================================================================================================
+@dataclass(frozen=True)
+class Args:
+    # --- shared: spelled identically in every script ---
+    env_id: str = "rware-tiny-4ag"
+    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    seed: int = 0
+    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
+    num_seeds: int = 10
+    """independent seeds trained together in one compiled call (vmapped)"""
+    total_timesteps: int = 20_000_000
+    """environment steps per seed (each step moves all agents of one environment)"""
+    num_envs: int = 128
+    """parallel training environments per seed (the paper: 64 envs x update_batch_size 2)"""
+    rollout_length: int = 128
+    """steps collected from each environment per update"""
+    num_minibatches: int = 2
+    """minibatches per PPO epoch, split along environments (must divide num_envs * chunks)"""
+    ppo_epochs: int = 4
+    """passes over each rollout"""
+    lr: float = 2.5e-4
+    """Adam learning rate (actor and critic, as the paper's configurations use one value for both)"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda. NOTE(paper vs official code): the paper's Table 2 says 0.9; its code used 0.95"""
+    clip_eps: float = 0.2
+    """PPO clip epsilon (also clips the value update, as Mava does)"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient. NOTE(paper vs official code): the paper says 0.1; its code used 0.5"""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip, per network"""
+    num_evals: int = 122
+    """evaluation checkpoints, evenly spaced over training"""
+    num_eval_episodes: int = 32
+    """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
+    greedy_eval: bool = False
+    """evaluate with the most likely action instead of sampling (the paper samples)"""
+    recurrent_chunk_size: int | None = None
+    """truncated-BPTT chunk length for the update (default: the whole rollout)"""
+    hidden_dim: int = 128
+    """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
+    preset: str | None = None
+    """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
+    out_dir: str = "runs"
+    """where each run gets its own folder"""
+    run_name: str | None = None
+    """folder name under out_dir (default: <env-id>__<algo>__<seed>__<time>); never overwritten"""
+    track: bool = False
+    """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
+    wandb_project: str = "magpo"
+    """wandb project under --track"""
+    save_model: bool = False
+    """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
+    eval_from: str | None = None
+    """instead of training, reload the saved actors of this run folder and evaluate them"""
+
+    # --- MAGPO / MAT ---
+    delta: float = 1.5
+    """δ of Eq. 8-9 (> 1): the guider's probability of the taken action stays within [1/δ, δ] times the learner's"""
+    lam: float = 1.0
+    """λ of Eq. 10 (>= 0): weight of the learner's PPO term beside its KL to the guider (not the GAE lambda)"""
+    ctce: bool = False
+    """train MAT alone with plain PPO and evaluate its centralised joint policy (Table 1's MAT column)"""
+    embed_dim: int = 64
+    """MAT's embedding width M"""
+    n_head: int = 1
+    """attention heads per attention layer"""
+    n_block: int = 1
+    """encoder blocks, and as many decoder blocks"""
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_length
+
+    @property
+    def num_updates(self) -> int:
+        return self.updates_per_eval * self.num_evals
+
+    @property
+    def updates_per_eval(self) -> int:
+        return self.total_timesteps // self.steps_per_update // self.num_evals
+
+    @property
+    def chunk_size(self) -> int:
+        return self.recurrent_chunk_size or self.rollout_length
+
+
+class ArgError(ValueError):
+    """A bad flag value: reported as one line on stderr, exit code 2."""
+
+
+def check_args(args: Args) -> None:
+    positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
+                "ppo_epochs", "num_evals", "num_eval_episodes", "hidden_dim", "embed_dim", "n_head", "n_block"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ["lr", "clip_eps", "max_grad_norm"]:
+        if not getattr(args, name) > 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ArgError("--gamma and --gae-lambda must lie in [0, 1]")
+    if not args.delta > 1:
+        raise ArgError(f"--delta must be greater than 1 (the guider is kept within [1/delta, delta]), got {args.delta}")
+    if not args.lam >= 0:
+        raise ArgError(f"--lam must be non-negative, got {args.lam}")
+    if args.embed_dim % args.n_head:
+        raise ArgError(f"--embed-dim {args.embed_dim} must be a multiple of --n-head {args.n_head}")
+    if args.rollout_length % args.chunk_size:
+        raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
+    sequences = args.num_envs * (args.rollout_length // args.chunk_size)
+    if sequences % args.num_minibatches:
+        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
+                       f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
+    if args.updates_per_eval < 1:
+        raise ArgError(f"--total-timesteps {args.total_timesteps} is too small for {args.num_evals} evaluations: "
+                       f"it needs at least num_evals x num_envs x rollout_length = "
+                       f"{args.num_evals * args.steps_per_update} steps")
+
+
+def apply_preset(args: Args, explicit: set[str]) -> Args:
+    """The paper's tuned values for this task, under every explicitly given flag: the `mat` row
+    (network and PPO settings), and for MAGPO also the `magpo` row's λ and δ. The paper tunes MAGPO
+    by taking its guider's CTCE configuration and searching only δ and λ (§5); its δ and λ for a MAT
+    guider are not published, so the ones tuned with the Sable guider stand in."""
+    if args.preset is None:
+        return args
+    if args.preset != "paper":
+        raise ArgError(f"unknown --preset {args.preset!r}; the only preset is 'paper'")
+    family, _, task = args.env_id.partition("-")
+    task = "con-" + task if family == "connector" else task
+    path = Path(__file__).with_name("paper_params.csv")
+    with open(path) as f:
+        rows = [{k: v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    find = lambda system: next((r for r in rows if r["system_name"] == system and r["task"] == task
+                                and r["env_name"] == family), None)
+    row = find("mat")
+    if row is None:
+        have = sorted(f"{r['env_name']}-{r['task']}" for r in rows if r["system_name"] == "mat")
+        raise ArgError(f"the paper lists no mat configuration for {args.env_id}; it has: {', '.join(have)}")
+    if not args.ctce and find("magpo") is not None:
+        row = {**row, "alpha": find("magpo")["alpha"], "delta": find("magpo")["delta"]}
+    columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
+        "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
+        "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
+        "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
+        "actor_lr": ("lr", float),
+        # one learning rate for guider and learner; the CoordSum rows store it as critic_lr
+        "critic_lr": ("lr", float), "n_embd": ("embed_dim", int), "n_head": ("n_head", int),
+        "n_block": ("n_block", int), "alpha": ("lam", float), "delta": ("delta", float),
+    }
+    values = {flag: cast(row[col]) for col, (flag, cast) in columns.items() if row.get(col)}
+    return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
+
+
+# ==================================================================================================
+# Networks
+# ==================================================================================================
+class ScannedGRU(nn.Module):
+    """A GRU over time. The hidden state is zeroed where `reset` marks the first step of an
+    episode, inside the scan and before the cell, so that rollout and replay share one path."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, hidden, inputs):  # hidden (B, H); inputs: x (T, B, F), reset (T, B)
+        def step(cell, hidden, xs):
+            x, reset = xs
+            hidden = jnp.where(reset[:, None], jnp.zeros_like(hidden), hidden)
+            return cell(hidden, x)
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        return scan(nn.GRUCell(self.hidden_dim), hidden, inputs)
+
+
+class ActionHead(nn.Module):
+    """Masked categorical for discrete tasks; a diagonal Gaussian for continuous ones (MPE).
+
+    Continuous actions are the Gaussian's raw samples; `env_action` squashes them into the env's
+    box with tanh. Ratios and KLs of the squashed policy equal those of the Gaussian (the tanh
+    Jacobian cancels), so the raw Gaussian is what the losses see."""
+
+    num_actions: int
+    continuous: bool
+
+    @nn.compact
+    def __call__(self, x, action_mask):
+        if self.continuous:
+            mean = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
+            log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+            return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std) * jnp.ones_like(mean))
+        logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
+        return distrax.Categorical(logits=jnp.where(action_mask, logits, jnp.finfo(jnp.float32).min))
+
+
+class Actor(nn.Module):
+    """The decentralised policy: MLP [H] -> GRU H -> MLP [H] -> action head (the paper's Table 3)."""
+
+    num_actions: int
+    continuous: bool
+    hidden_dim: int = 128
+
+    @nn.compact
+    def __call__(self, hidden, obs, reset, action_mask):  # obs (T, B, D), reset (T, B), mask (T, B, K)
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(obs))
+        hidden, x = ScannedGRU(self.hidden_dim)(hidden, (x, reset))
+        x = nn.relu(nn.Dense(self.hidden_dim, kernel_init=orthogonal(math.sqrt(2)))(x))
+        return hidden, ActionHead(self.num_actions, self.continuous)(x, action_mask)
+
+
+def flat_matmul(x, w):
+    """x (..., F) @ w (F, G) with all leading axes flattened into one. Same numbers as `x @ w`, but
+    XLA:CPU then computes the weight gradient as one matrix product; on (..., A, F) it first copies
+    the cotangent into a layout with the small agent axis innermost (the update runs ~2x slower)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+class Dense(nn.Dense):
+    """nn.Dense through `flat_matmul` (same parameters, same numbers, a faster backward on the CPU)."""
+
+    def __call__(self, x):
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.features)
+
+
+def feed_forward(width: int) -> nn.Module:
+    """MAT's position-wise MLP (GELU), its last layer initialised small."""
+    return nn.Sequential([Dense(width, kernel_init=orthogonal(math.sqrt(2))), nn.gelu,
+                          Dense(width, kernel_init=orthogonal(0.01))])
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention over the A agents of one step (MAT keeps no memory
+    across steps). `causal`: agent n reads only agents m <= n (the decoder, so that each agent's
+    action depends only on the actions chosen before it)."""
+
+    width: int
+    n_head: int
+    causal: bool
+
+    def setup(self):
+        init, shape = orthogonal(0.01), (self.width, self.width)
+        self.w_q, self.w_k, self.w_v, self.w_o = (self.param(n, init, shape) for n in ("w_q", "w_k", "w_v", "w_o"))
+        self.b_q, self.b_k, self.b_v, self.b_o = (self.param(n, nn.initializers.zeros, (self.width,))
+                                                  for n in ("b_q", "b_k", "b_v", "b_o"))
+
+    def __call__(self, x, query):
+        """x (..., A, M) gives the keys and values, query (..., A, M) the queries (x itself for
+        self-attention) -> (..., A, M)."""
+        if query is x:  # self-attention: one matrix product for q, k and v
+            qkv = flat_matmul(x, jnp.concatenate([self.w_q, self.w_k, self.w_v], 1))
+            q, k, v = jnp.split(qkv + jnp.concatenate([self.b_q, self.b_k, self.b_v]), 3, axis=-1)
+        else:  # cross-attention: one for k and v
+            q = flat_matmul(query, self.w_q) + self.b_q
+            k, v = jnp.split(flat_matmul(x, jnp.concatenate([self.w_k, self.w_v], 1)) + jnp.concatenate([self.b_k, self.b_v]), 2, -1)
+        hs = self.width // self.n_head
+        q, k, v = (y.reshape(*y.shape[:-1], self.n_head, hs) for y in (q, k, v))
+        scores = jnp.einsum("...nhd,...mhd->...hnm", q, k) / math.sqrt(hs)
+        if self.causal:
+            A = x.shape[-2]
+            scores = jnp.where(jnp.tril(jnp.ones((A, A), bool)), scores, jnp.finfo(jnp.float32).min)
+        attended = jnp.einsum("...hnm,...mhd->...nhd", jax.nn.softmax(scores, axis=-1), v)
+        return flat_matmul(attended.reshape(query.shape), self.w_o) + self.b_o
+
+
+class EncodeBlock(nn.Module):
+    width: int
+    n_head: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.LayerNorm()(x + Attention(self.width, self.n_head, causal=False)(x, x))
+        return nn.LayerNorm()(x + feed_forward(self.width)(x))
+
+
+class DecodeBlock(nn.Module):
+    width: int
+    n_head: int
+
+    @nn.compact
+    def __call__(self, x, obs_rep):
+        # self-attention over the actions already chosen
+        x = nn.LayerNorm()(x + Attention(self.width, self.n_head, causal=True)(x, x))
+        # cross-attention: each agent's observation (query) reads those actions (keys, values)
+        y = nn.LayerNorm()(obs_rep + Attention(self.width, self.n_head, causal=True)(x, obs_rep))
+        return nn.LayerNorm()(y + feed_forward(self.width)(y))
+
+
+class Guider(nn.Module):
+    """MAT, the Multi-Agent Transformer (Wen et al. 2022) as Mava builds it: an encoder with
+    attention over all agents' observations gives each agent's value; a decoder picks the agents'
+    actions one after another, each conditioned on the actions already chosen at this step. No
+    memory across steps: the `hidden`, `reset` and `step_count` arguments exist only so that the
+    training loop is magpo_sable.py's, and are unused."""
+
+    num_agents: int
+    num_actions: int
+    continuous: bool
+    width: int
+    n_head: int
+    n_block: int
+
+    def setup(self):
+        M = self.width
+        self.obs_encoder = nn.Sequential([nn.LayerNorm(), Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu])
+        self.encoder_norm = nn.LayerNorm()
+        self.encoder_blocks = [EncodeBlock(M, self.n_head) for _ in range(self.n_block)]
+        self.value_head = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.LayerNorm(),
+                                         Dense(1, kernel_init=orthogonal(0.01))])
+        self.action_encoder = nn.Sequential([Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))), nn.gelu])
+        self.decoder_norm = nn.LayerNorm()
+        self.decoder_blocks = [DecodeBlock(M, self.n_head) for _ in range(self.n_block)]
+        self.policy_torso = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.LayerNorm()])
+        self.action_head = ActionHead(self.num_actions, self.continuous)
+
+    def encode(self, obs):  # obs (..., A, D) -> value (..., A), obs_rep (..., A, M)
+        x = self.encoder_norm(self.obs_encoder(obs))
+        for block in self.encoder_blocks:
+            x = block(x)
+        return self.value_head(x)[..., 0], x
+
+    def decode(self, previous_action, obs_rep):  # previous_action (..., A, K+1), obs_rep (..., A, M) -> (..., A, M)
+        x = self.decoder_norm(self.action_encoder(previous_action))
+        for block in self.decoder_blocks:
+            x = block(x, obs_rep)
+        return self.policy_torso(x)
+
+    def action_token(self, action):
+        """What the decoder reads about an agent's action: [start flag, one-hot action (discrete) or the
+        squashed action (continuous)]; the first agent of a step reads the start token."""
+        features = jnp.tanh(action) if self.continuous else jax.nn.one_hot(action, self.num_actions)
+        return jnp.concatenate([jnp.zeros_like(features[..., :1]), features], axis=-1)
+
+    def start_token(self, shape):
+        return jnp.zeros((*shape, self.num_actions + 1)).at[..., 0].set(1.0)
+
+    def __call__(self, hidden, obs, action, reset, step_count, action_mask):
+        """Training: every step at once, teacher-forced on the taken actions.
+        obs (C, B, A, D), action (C, B, A[, K]), action_mask (C, B, A, K)
+        -> value (C, B, A) and the policy of each agent given the actions before it, batch (C, B, A)."""
+        value, obs_rep = self.encode(obs)
+        previous = jnp.concatenate([self.start_token((*obs.shape[:2], 1)), self.action_token(action)[:, :, :-1]], axis=2)
+        return value, self.action_head(self.decode(previous, obs_rep), action_mask)
+
+    def value(self, hidden, obs, reset, step_count):
+        """Acting: each agent's value for one step, obs (B, A, D) -> (B, A)."""
+        return self.encode(obs)[0]
+
+    def act(self, hidden, obs, reset, step_count, action_mask, key, greedy=False):
+        """Acting: one step of B envs. The agents pick their actions one after another: agent i's
+        decoder pass reads the start token and the actions of agents 0..i-1 (with causal attention
+        that is all it could read, so the pass covers only those i+1 tokens).
+        obs (B, A, D), action_mask (B, A, K) -> action (B, A[, K]), log_prob (B, A), value (B, A), hidden."""
+        value, obs_rep = self.encode(obs)
+        previous, actions, log_probs = self.start_token((obs.shape[0], 1)), [], []
+        for i in range(self.num_agents):
+            x = self.decode(previous, obs_rep[:, :i + 1])[:, i]
+            pi = self.action_head(x, action_mask[:, i])
+            key, sample_key = jax.random.split(key)
+            action = pi.mode() if greedy else pi.sample(seed=sample_key)
+            actions.append(action)
+            log_probs.append(pi.log_prob(action))
+            previous = jnp.concatenate([previous, self.action_token(action)[:, None]], axis=1)
+        return jnp.stack(actions, 1), jnp.stack(log_probs, 1), value, hidden
+
+
+def zero_guider_hidden(args: Args, batch: int) -> tuple:
+    """MAT carries nothing from one step to the next: its state is empty."""
+    return ()
+
+
+def map_policy(pi, fn):
+    """The same policy with fn applied to its parameters (reshaping its batch axes, stop_gradient)."""
+    if isinstance(pi, distrax.Categorical):
+        return distrax.Categorical(logits=fn(pi.logits))
+    return distrax.MultivariateNormalDiag(fn(pi.loc), fn(pi.scale_diag))
+
+
+def agents_to_batch(x: jax.Array) -> jax.Array:
+    """(T, E, A, ...) -> (T, E*A, ...): agents become independent sequences for a network call."""
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def batch_to_agents(x: jax.Array, num_agents: int) -> jax.Array:
+    """(T, E*A, ...) -> (T, E, A, ...)."""
+    return x.reshape(x.shape[0], x.shape[1] // num_agents, num_agents, *x.shape[2:])
+
+
+def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
+    """The policy's action as the environment takes it (continuous: tanh-squashed into the box)."""
+    if not env.continuous:
+        return action
+    return env.action_low + (jnp.tanh(action) + 1.0) * 0.5 * (env.action_high - env.action_low)
+
+
+# ==================================================================================================
+# Containers
+# ==================================================================================================
+class Transition(NamedTuple):
+    obs: jax.Array  # (E, A, D) each agent's own observation: the learner's input, and the guider's tokens
+    reset: jax.Array  # (E,) this observation starts an episode: resets the learner's GRU and the guider's memory
+    step_count: jax.Array  # (E,) steps since the episode began (Sable encodes it; MAT does not read it)
+    action_mask: jax.Array  # (E, A, K)
+    action: jax.Array  # (E, A) or (E, A, K) for continuous: the guider's action
+    log_prob: jax.Array  # (E, A) under the behaviour policy, the guider μ_old (each agent given those before it)
+    actor_log_prob: jax.Array  # (E, A) the learner's log-prob of that action during the rollout
+    value: jax.Array  # (E, A) the guider's value
+    reward: jax.Array  # (E, A)
+    done: jax.Array  # (E,) the episode ended with this step: no bootstrap through it (GAE)
+    episode_return: jax.Array  # (E,) nonzero only where done
+    episode_metric: jax.Array  # (E,)
+
+
+class Params(NamedTuple):
+    actor: Any
+    guider: Any
+
+
+class OptStates(NamedTuple):
+    actor: Any
+    guider: Any
+
+
+class RunnerState(NamedTuple):
+    params: Params
+    opt_states: OptStates
+    env_state: envs.EnvState  # batched over E
+    timestep: envs.TimeStep  # the latest, batched over E
+    actor_hidden: jax.Array  # (E*A, H)
+    guider_hidden: Any  # the guider's memory across steps, batched over E (zero_guider_hidden)
+    key: jax.Array
+    best_actor: Any  # parameters of the deployed policy (the learner; the guider under --ctce) at the best checkpoint
+    best_return: jax.Array  # () its mean evaluation return
+
+
+# ==================================================================================================
+# Pure math (no networks: the tests import these)
+# ==================================================================================================
+def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """Generalised advantage estimation, time-major: rewards, values (T, ...), dones (T, ...) with
+    dones[t] = the episode ended with step t (then nothing is bootstrapped through it), last_value
+    the value of the observation after the last step. Returns (advantages, value targets).
+
+    NOTE(paper vs official code): as in Mava, a time-limit truncation counts as an ending too."""
+
+    def step(carry, xs):
+        gae, next_value = carry
+        reward, value, done = xs
+        not_done = 1.0 - done
+        delta = reward + gamma * next_value * not_done - value
+        gae = delta + gamma * gae_lambda * not_done * gae
+        return (gae, value), gae
+
+    _, advantages = jax.lax.scan(
+        step, (jnp.zeros_like(last_value), last_value), (rewards, values, dones.astype(jnp.float32)),
+        reverse=True, unroll=16,
+    )
+    return advantages, advantages + values
+
+
+def ppo_clip_objective(log_prob, old_log_prob, advantages, clip_eps):
+    """PPO-clip loss to minimise: -E[min(r A, clip(r, 1-eps, 1+eps) A)], r = pi/pi_old.
+    Returns (loss, approx_kl, clip_frac)."""
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    loss = -jnp.minimum(unclipped, clipped).mean()
+    approx_kl = ((ratio - 1.0) - log_ratio).mean()  # the low-variance k3 estimator of KL(old||new)
+    clip_frac = (jnp.abs(ratio - 1.0) > clip_eps).mean()
+    return loss, approx_kl, clip_frac
+
+
+def clipped_value_loss(value, old_value, targets, clip_eps):
+    """0.5 * max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2), as Mava's PPO."""
+    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum(jnp.square(value - targets), jnp.square(clipped - targets)).mean()
+
+
+def normalize(x):
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+# MAGPO's two objectives (§4.1). Symbols: μ = guider, π = actor (the learner), μ_old = the guider that
+# collected the data; log_prob = log μ(a|·), actor_log_prob = log π(a|o), old_log_prob = log μ_old(a|·)
+# of the taken action a, each agent's μ conditioned on the actions of the agents before it;
+# advantages Â from the guider's values; kl per sample, computed by the caller with the other network
+# held fixed; delta = δ, lam = λ, clip_eps = ε.
+def guider_objective(log_prob, actor_log_prob, old_log_prob, advantages, kl, delta, clip_eps):
+    """Eq. 8-9, to minimise: -E[min(r Â, clip(r', 1-ε, 1+ε) Â)] and the masked KL E[m KL(μ‖π)], with
+    r = μ/μ_old and r' = (π/μ_old) clip(μ/π, 1/δ, δ). With δ -> ∞ this is plain PPO and the KL term vanishes.
+    Returns (ppo_loss, kl_loss, info)."""
+    log_gap = log_prob - actor_log_prob  # log μ/π of the taken action
+    log_delta = jnp.log(delta)
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    # Eq. 9 inner clip: bound μ/π to [1/δ, δ] in log space, then re-base on μ_old. Outside the bound r'
+    # no longer depends on μ, so the min gives the guider no gradient that pushes it further away.
+    constrained = jnp.exp(jnp.clip(log_gap, -log_delta, log_delta) + actor_log_prob - old_log_prob)
+    surrogate = jnp.minimum(ratio * advantages, jnp.clip(constrained, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+    # Eq. 8's mask m: the KL pulls the guider back only where μ/π left (1/δ, δ)
+    mask = jnp.abs(log_gap) > log_delta
+    info = {"magpo/mask_frac": mask.mean(), "magpo/abs_log_ratio": jnp.abs(log_gap).mean(),
+            "loss/approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "loss/clip_frac": (jnp.abs(constrained - 1.0) > clip_eps).mean()}
+    return -surrogate.mean(), (mask * kl).mean(), info
+
+
+def actor_objective(log_prob, old_log_prob, advantages, kl, lam, clip_eps):
+    """Eq. 10-11, to minimise: E[KL(μ‖π)] + λ · PPO-clip with ratio π/μ_old on the guider's advantages.
+    Returns (loss, ppo_loss, kl_loss).
+
+    NOTE(paper vs official code): Eq. 10 writes D_KL(π, μ); the released code, which produced the
+    paper's numbers, computes KL(μ‖π) (the caller passes that, the guider held fixed)."""
+    ppo_loss, _, _ = ppo_clip_objective(log_prob, old_log_prob, advantages, clip_eps)
+    kl_loss = kl.mean()
+    return kl_loss + lam * ppo_loss, ppo_loss, kl_loss
+
+
+# ==================================================================================================
+# Training
+# ==================================================================================================
+def make_networks(args: Args, env: envs.MultiAgentEnv):
+    actor = Actor(env.num_actions, env.continuous, args.hidden_dim)
+    guider = Guider(env.num_agents, env.num_actions, env.continuous, args.embed_dim, args.n_head, args.n_block)
+    return actor, guider
+
+
+def make_optimizer(args: Args):
+    return optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(args.lr, eps=1e-5))
+
+
+def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor, guider: Guider):
+    """evaluate(params, key, num_episodes, centralised) -> (returns, metrics), each (num_episodes,):
+    one episode on each of num_episodes fresh envs, played by the actor on local observations only
+    (params = actor parameters), or with centralised=True by the guider's joint policy."""
+
+    def evaluate(params, key, num_episodes, centralised=False):
+        B = num_episodes * env.num_agents
+        reset_key, key = jax.random.split(key)
+        env_state, timestep = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+        hidden = zero_guider_hidden(args, num_episodes) if centralised else jnp.zeros((B, args.hidden_dim))
+        finished = jnp.zeros((num_episodes,), bool)
+        returns = jnp.zeros((num_episodes,))
+        metrics = jnp.zeros((num_episodes,))
+
+        def step(carry, step_key):
+            env_state, timestep, hidden, finished, returns, metrics = carry
+            if centralised:
+                action, _, _, hidden = guider.apply(params, hidden, timestep.obs, timestep.reset, env_state.step_count,
+                                                    timestep.action_mask, step_key, args.greedy_eval, method=Guider.act)
+            else:
+                ts = jax.tree_util.tree_map(lambda x: x[None], timestep)
+                reset = jnp.repeat(ts.reset, env.num_agents, axis=1)
+                hidden, pi = actor.apply(params, hidden, agents_to_batch(ts.obs), reset,
+                                         agents_to_batch(ts.action_mask))
+                action = pi.mode() if args.greedy_eval else pi.sample(seed=step_key)
+                action = batch_to_agents(action, env.num_agents)[0]
+            env_state, timestep = jax.vmap(env.step)(env_state, env_action(env, action))
+            first_end = timestep.done & ~finished  # each env contributes its first episode only
+            returns = jnp.where(first_end, timestep.episode_return, returns)
+            metrics = jnp.where(first_end, timestep.episode_metric, metrics)
+            return (env_state, timestep, hidden, finished | timestep.done, returns, metrics), None
+
+        carry = (env_state, timestep, hidden, finished, returns, metrics)
+        carry, _ = jax.lax.scan(step, carry, jax.random.split(key, env.time_limit))
+        return carry[4], carry[5]
+
+    return evaluate
+
+
+def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
+    """train(key, seed_index) -> results: the whole run of one seed, to be jitted and vmapped.
+
+    `report(seed_index, checkpoint, metrics)` is called from inside the compiled run (a host
+    callback) after each evaluation, so progress and results stream out while it trains."""
+    actor, guider = make_networks(args, env)
+    optimizer = make_optimizer(args)
+    evaluate = make_evaluate(args, env, actor, guider)
+    E, A, T, C, H = args.num_envs, env.num_agents, args.rollout_length, args.chunk_size, args.hidden_dim
+    # --ctce: the guider alone, plain PPO (δ -> ∞, no learner), evaluated as the deployed policy
+    delta = math.inf if args.ctce else args.delta
+
+    def deployed(params: Params):
+        return params.guider if args.ctce else params.actor
+
+    def train(key, seed_index):
+        # ------------------------------------------------------------------ INIT
+        key, actor_key, guider_key, env_key = jax.random.split(key, 4)
+        env_state, timestep = jax.vmap(env.reset)(jax.random.split(env_key, E))
+        zeros_hidden = jnp.zeros((E * A, H))
+        ts1 = jax.tree_util.tree_map(lambda x: x[None], timestep)
+        reset1 = jnp.repeat(ts1.reset, A, axis=1)
+        actor_params = actor.init(actor_key, zeros_hidden, agents_to_batch(ts1.obs), reset1,
+                                  agents_to_batch(ts1.action_mask))
+        guider_hidden = zero_guider_hidden(args, E)
+        zeros_action = jnp.zeros((1, E, A, env.num_actions)) if env.continuous else jnp.zeros((1, E, A), jnp.int32)
+        guider_params = guider.init(guider_key, guider_hidden, ts1.obs, zeros_action, ts1.reset,
+                                    env_state.step_count[None], ts1.action_mask)
+        params = Params(actor_params, guider_params)
+        opt_states = OptStates(optimizer.init(actor_params), optimizer.init(guider_params))
+        runner = RunnerState(params, opt_states, env_state, timestep, zeros_hidden, guider_hidden, key,
+                             deployed(params), jnp.float32(-jnp.inf))
+
+        def update(runner: RunnerState, _):
+            # ------------------------------------------------------------------ COLLECT TRAJECTORIES
+            def env_step(runner: RunnerState, _):
+                key, action_key = jax.random.split(runner.key)
+                ts = runner.timestep
+                step_count = runner.env_state.step_count
+                action, log_prob, value, guider_hidden = guider.apply(
+                    runner.params.guider, runner.guider_hidden, ts.obs, ts.reset, step_count, ts.action_mask,
+                    action_key, method=Guider.act)
+                actor_hidden, actor_log_prob = runner.actor_hidden, jnp.zeros_like(log_prob)
+                if not args.ctce:
+                    # Step the learner's GRU on its own observations, so that the hidden states stored
+                    # for the update are the ones its replay reaches (the released code missed this).
+                    ts1 = jax.tree_util.tree_map(lambda x: x[None], ts)
+                    actor_hidden, pi = actor.apply(runner.params.actor, runner.actor_hidden, agents_to_batch(ts1.obs),
+                                                   jnp.repeat(ts1.reset, A, axis=1), agents_to_batch(ts1.action_mask))
+                    actor_log_prob = batch_to_agents(pi.log_prob(agents_to_batch(action[None])), A)[0]
+                env_state, timestep = jax.vmap(env.step)(runner.env_state, env_action(env, action))
+                transition = Transition(
+                    obs=ts.obs, reset=ts.reset, step_count=step_count, action_mask=ts.action_mask,
+                    action=action, log_prob=log_prob, actor_log_prob=actor_log_prob, value=value,
+                    reward=timestep.reward, done=timestep.done, episode_return=timestep.episode_return,
+                    episode_metric=timestep.episode_metric,
+                )
+                runner = runner._replace(env_state=env_state, timestep=timestep, actor_hidden=actor_hidden,
+                                         guider_hidden=guider_hidden, key=key)
+                return runner, transition
+
+            def chunk(runner: RunnerState, _):
+                # The recurrent states at the start of each chunk are what the update replays from.
+                start_hidden = (runner.actor_hidden, runner.guider_hidden)
+                runner, transitions = jax.lax.scan(env_step, runner, None, C)
+                return runner, (transitions, start_hidden)
+
+            runner, (traj_batch, start_hidden) = jax.lax.scan(chunk, runner, None, T // C)
+            traj_batch = jax.tree_util.tree_map(lambda x: x.reshape(T, *x.shape[2:]), traj_batch)
+
+            # ------------------------------------------------------------------ CALCULATE ADVANTAGE
+            ts = runner.timestep
+            last_value = guider.apply(runner.params.guider, runner.guider_hidden, ts.obs, ts.reset,
+                                      runner.env_state.step_count, method=Guider.value)
+            dones = jnp.repeat(traj_batch.done[..., None], A, axis=-1)
+            advantages, targets = compute_gae(traj_batch.reward, traj_batch.value, dones, last_value,
+                                              args.gamma, args.gae_lambda)
+
+            # ------------------------------------------------------------------ UPDATE NETWORK
+            def loss(params: Params, batch, hidden):
+                """Eq. 8-9 for the guider plus Eq. 10-11 for the learner, in one pass: each network's
+                terms see the other one through stop_gradient, so the gradients do not mix."""
+                traj, advantages, targets = batch
+                actor_hidden, guider_hidden = hidden
+                advantages = normalize(advantages)
+                value, guider_pi = guider.apply(params.guider, guider_hidden, traj.obs, traj.action, traj.reset,
+                                                traj.step_count, traj.action_mask)
+                log_prob = guider_pi.log_prob(traj.action)
+                entropy = guider_pi.entropy().mean()
+                value_loss = clipped_value_loss(value, traj.value, targets, args.clip_eps)
+                metrics = {"loss/value": value_loss, "loss/entropy": entropy,
+                           # max |ratio - 1|: exactly 0 on an update's first minibatch unless the replay
+                           # (hidden states, resets, chunking) is misaligned with the rollout
+                           "loss/ratio_dev": jnp.abs(jnp.exp(log_prob - traj.log_prob) - 1.0).max()}
+                if args.ctce:
+                    actor_log_prob, kl_to_actor, actor_loss = jnp.zeros_like(log_prob), jnp.zeros_like(log_prob), 0.0
+                else:
+                    reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
+                    _, actor_pi = actor.apply(params.actor, actor_hidden, agents_to_batch(traj.obs),
+                                              agents_to_batch(reset), agents_to_batch(traj.action_mask))
+                    actor_pi = map_policy(actor_pi, lambda x: batch_to_agents(x, A))  # batch (C, N, A)
+                    actor_log_prob = actor_pi.log_prob(traj.action)
+                    kl_to_actor = guider_pi.kl_divergence(map_policy(actor_pi, jax.lax.stop_gradient))
+                    kl_to_guider = map_policy(guider_pi, jax.lax.stop_gradient).kl_divergence(actor_pi)
+                    actor_loss, actor_ppo, actor_kl = actor_objective(actor_log_prob, traj.log_prob, advantages,
+                                                                      kl_to_guider, args.lam, args.clip_eps)
+                    metrics |= {"loss/actor": actor_ppo, "loss/kl": actor_kl,
+                                "loss/actor_ratio_dev": jnp.abs(jnp.exp(actor_log_prob - traj.actor_log_prob) - 1).max()}
+                guider_ppo, guider_kl, info = guider_objective(log_prob, jax.lax.stop_gradient(actor_log_prob),
+                                                               traj.log_prob, advantages, kl_to_actor, delta,
+                                                               args.clip_eps)
+                if args.ctce:  # no learner: μ/π means nothing
+                    info = {k: v for k, v in info.items() if not k.startswith("magpo/")}
+                metrics |= {"loss/guider": guider_ppo, "loss/guider_kl": guider_kl, **info}
+                guider_loss = guider_ppo + guider_kl - args.ent_coef * entropy + args.vf_coef * value_loss
+                return guider_loss + actor_loss, metrics
+
+            def minibatch_update(carry, minibatch):
+                params, opt_states = carry
+                batch, hidden = minibatch
+                grads, losses = jax.grad(loss, has_aux=True)(params, batch, hidden)
+                guider_updates, guider_opt = optimizer.update(grads.guider, opt_states.guider)
+                guider_params = optax.apply_updates(params.guider, guider_updates)
+                actor_params, actor_opt = params.actor, opt_states.actor
+                if not args.ctce:
+                    actor_updates, actor_opt = optimizer.update(grads.actor, opt_states.actor)
+                    actor_params = optax.apply_updates(params.actor, actor_updates)
+                return (Params(actor_params, guider_params), OptStates(actor_opt, guider_opt)), losses
+
+            # Sequences: each env's rollout cut into chunks of C steps: (T, E, ...) -> (C, T//C * E, ...)
+            def to_sequences(x):
+                x = x.reshape(T // C, C, E, *x.shape[2:])
+                return jnp.swapaxes(x, 0, 1).reshape(C, (T // C) * E, *x.shape[3:])
+
+            sequences = jax.tree_util.tree_map(to_sequences, (traj_batch, advantages, targets))
+            N = (T // C) * E
+            # Stored states (T//C, E*A, H) and (T//C, E, ...) -> (T//C * E, ...), matching the sequence order.
+            seq_hidden = (start_hidden[0].reshape(N, A, H),
+                          jax.tree_util.tree_map(lambda h: h.reshape(N, *h.shape[2:]), start_hidden[1]))
+
+            def epoch(carry, epoch_key):
+                params, opt_states = carry
+                # NOTE(paper vs official code): the released code also permutes the agents' order in
+                # each minibatch before the guider's teacher-forced pass, which changes what each
+                # decoder step is conditioned on (ratios != 1 from the start); we keep the rollout's.
+                order = jax.random.permutation(epoch_key, N)
+
+                def split(x, axis):  # shuffle along the sequence axis, then cut into minibatches
+                    x = jnp.take(x, order, axis=axis)
+                    x = x.reshape(*x.shape[:axis], args.num_minibatches, -1, *x.shape[axis + 1:])
+                    return jnp.moveaxis(x, axis, 0)
+
+                batches = jax.tree_util.tree_map(lambda x: split(x, 1), sequences)
+                hiddens = jax.tree_util.tree_map(lambda h: split(h, 0), seq_hidden)
+                hiddens = (hiddens[0].reshape(args.num_minibatches, -1, H), hiddens[1])
+                return jax.lax.scan(minibatch_update, (params, opt_states), (batches, hiddens))
+
+            key, epoch_key = jax.random.split(runner.key)
+            (params, opt_states), losses = jax.lax.scan(
+                epoch, (runner.params, runner.opt_states), jax.random.split(epoch_key, args.ppo_epochs))
+            runner = runner._replace(params=params, opt_states=opt_states, key=key)
+
+            ended = traj_batch.done.sum()
+            first = ("loss/ratio_dev", "loss/actor_ratio_dev")
+            train_metrics = {k: v.mean() for k, v in losses.items() if k not in first}
+            for k in first:  # first epoch, first minibatch
+                if k in losses:
+                    train_metrics[k.replace("loss/", "loss/first_")] = losses[k][0, 0]
+            train_metrics["episode_return"] = traj_batch.episode_return.sum() / jnp.maximum(ended, 1)
+            train_metrics["episodes"] = ended
+            return runner, train_metrics
+
+        def checkpoint(runner: RunnerState, index):
+            runner, train_metrics = jax.lax.scan(update, runner, None, args.updates_per_eval)
+            # ------------------------------------------------------------------ EVALUATE
+            key, eval_key, guider_key = jax.random.split(runner.key, 3)
+            returns, metrics = evaluate(deployed(runner.params), eval_key, args.num_eval_episodes, args.ctce)
+            better = returns.mean() > runner.best_return
+            best_actor = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b),
+                                                runner.best_actor, deployed(runner.params))
+            runner = runner._replace(key=key, best_actor=best_actor,
+                                     best_return=jnp.maximum(returns.mean(), runner.best_return))
+            summary = {k: v.mean() for k, v in train_metrics.items()}
+            summary["episodes"] = train_metrics["episodes"].sum()
+            for k in ("loss/first_ratio_dev", "loss/first_actor_ratio_dev"):
+                if k in train_metrics:
+                    summary[k] = train_metrics[k].max()
+            if not args.ctce:  # diagnostic: how well the guider itself plays, centralised
+                guider_returns, _ = evaluate(runner.params.guider, guider_key, args.num_eval_episodes, True)
+                summary["guider/episode_return"] = guider_returns.mean()
+            out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
+            if report is not None:
+                jax.debug.callback(report, seed_index, index, out)
+            return runner, out
+
+        runner, history = jax.lax.scan(checkpoint, runner, jnp.arange(args.num_evals))
+        # The paper's absolute metric: the best checkpoint, re-evaluated on 10x the episodes.
+        key, abs_key = jax.random.split(runner.key)
+        abs_returns, abs_metrics = evaluate(runner.best_actor, abs_key, 10 * args.num_eval_episodes, args.ctce)
+        return {"history": history, "absolute/episode_return": abs_returns,
+                "absolute/episode_metric": abs_metrics, "actor": deployed(runner.params),
+                "best_actor": runner.best_actor}
+
+    return train
+
+
+# ==================================================================================================
+# Reporting: progress lines, results on disk, wandb
+# ==================================================================================================
+class Reporter:
+    """Gathers the per-seed callbacks of each checkpoint; once all seeds have reported it prints one
+    progress line, appends the checkpoint to the run's files, and logs to wandb."""
+
+    def __init__(self, args: Args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None):
+        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_run
+        self.pending: dict[int, dict[int, dict]] = {}
+        self.start = time.time()
+        self.system = system_name(args)
+        self.marl_eval = {env.family: {env.env_id: {self.system: {}}}}  # marl-eval's nesting
+
+    def steps_at(self, checkpoint: int) -> int:
+        return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
+
+    def __call__(self, seed_index, checkpoint, metrics):
+        seed_index, checkpoint = int(seed_index), int(checkpoint)
+        metrics = jax.tree_util.tree_map(np.asarray, metrics)
+        self.pending.setdefault(checkpoint, {})[seed_index] = metrics
+        if len(self.pending[checkpoint]) == self.args.num_seeds:
+            self.flush(checkpoint, self.pending.pop(checkpoint))
+
+    def flush(self, checkpoint, by_seed):
+        args, steps = self.args, self.steps_at(checkpoint)
+        elapsed = time.time() - self.start
+        sps = steps * args.num_seeds / max(elapsed, 1e-9)
+        seeds = sorted(by_seed)
+        returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
+        metric = np.array([by_seed[s]["eval/episode_metric"].mean() for s in seeds])
+        eta = elapsed / (checkpoint + 1) * (args.num_evals - checkpoint - 1)
+        line = (f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | sps {sps:>9,.0f} | "
+                f"eval return {returns.mean():9.3f} ± {returns.std():7.3f}")
+        if not self.env.metric_is_return:
+            line += f" | {self.env.metric_name} {metric.mean():6.3f} ± {metric.std():6.3f}"
+        if "guider/episode_return" in by_seed[seeds[0]]:
+            guider = np.array([by_seed[s]["guider/episode_return"] for s in seeds])
+            line += f" | guider {guider.mean():9.3f}"
+        line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
+        print(line, flush=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            for s in seeds:
+                m = by_seed[s]
+                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
+                       "eval/episode_return": float(m["eval/episode_return"].mean()),
+                       "eval/episode_metric": float(m["eval/episode_metric"].mean()),
+                       "eval/episode_returns": m["eval/episode_return"].tolist(),
+                       **{k: float(v) for k, v in m.items() if not k.startswith("eval/")}}
+                f.write(json.dumps(row) + "\n")
+        for s in seeds:
+            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry[f"step_{checkpoint}"] = {
+                "step_count": steps,
+                "episode_return": by_seed[s]["eval/episode_return"].tolist(),
+                self.env.metric_name: by_seed[s]["eval/episode_metric"].tolist(),
+            }
+        self.write_marl_eval()
+        if self.wandb is not None:
+            log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
+            for k in by_seed[seeds[0]]:
+                if not k.startswith("eval/"):
+                    log[k] = float(np.mean([by_seed[s][k] for s in seeds]))
+            for s, r in zip(seeds, returns):
+                log[f"eval/episode_return_seed{s}"] = r
+            self.wandb.log(log, step=steps)
+
+    def finish(self, results):
+        """The absolute metric per seed, after the compiled run returns."""
+        abs_returns = np.asarray(results["absolute/episode_return"])
+        abs_metrics = np.asarray(results["absolute/episode_metric"])
+        for s in range(self.args.num_seeds):
+            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry["absolute_metrics"] = {"episode_return": abs_returns[s].tolist(),
+                                         self.env.metric_name: abs_metrics[s].tolist()}
+        self.write_marl_eval()
+        summary = {"absolute/episode_return": abs_returns.mean(1).tolist(),
+                   "absolute/episode_metric": abs_metrics.mean(1).tolist()}
+        (self.run_dir / "absolute_metric.json").write_text(json.dumps(summary, indent=1))
+        per_seed_r, per_seed_m = abs_returns.mean(1), abs_metrics.mean(1)
+        line = f"absolute metric (best checkpoint, {abs_returns.shape[1]} episodes): return " \
+               f"{per_seed_r.mean():.3f} ± {per_seed_r.std():.3f}"
+        if not self.env.metric_is_return:
+            line += f", {self.env.metric_name} {per_seed_m.mean():.3f} ± {per_seed_m.std():.3f}"
+        print(line, flush=True)
+        if self.wandb is not None:
+            self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
+            self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
+
+    def write_marl_eval(self):
+        tmp = self.run_dir / "marl_eval.json.tmp"
+        tmp.write_text(json.dumps(self.marl_eval))
+        os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def make_run_dir(args: Args) -> Path:
+    name = args.run_name or f"{args.env_id}__{system_name(args)}__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path(args.out_dir) / name
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:  # never overwrite another run
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def save_models(run_dir: Path, results) -> None:
+    """Each seed's deployed policy: the learner (the actor), or under --ctce the guider."""
+    models = run_dir / "models"
+    models.mkdir(exist_ok=True)
+    for which in ("actor", "best_actor"):
+        params = jax.device_get(results[which])
+        for s in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
+            one = jax.tree_util.tree_map(lambda x: x[s], params)
+            name = "final" if which == "actor" else "best"
+            (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
+
+
+# ==================================================================================================
+# main
+# ==================================================================================================
+def parse_args(argv=None) -> Args:
+    """tyro's parser, with its errors reduced to one line on stderr and exit code 2."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
+            args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+    except SystemExit as exit:
+        if exit.code in (0, None):  # --help
+            sys.stdout.write(buffer.getvalue())
+            raise
+        lines = [re.sub(r"^[\s│╭╰─|]+|[\s│╮╯─|]+$", "", l) for l in buffer.getvalue().splitlines()]
+        lines = [l for l in lines if l and set(l) - set("─-")]
+        message = lines[1] if len(lines) > 1 else "invalid arguments"
+        raise ArgError(f"{message} (see --help)") from None
+    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    return apply_preset(args, given)
+
+
+def evaluate_saved(args: Args) -> None:
+    """Reload the policies saved by a run (--save-model) and evaluate each on num_eval_episodes:
+    the learner on local observations, or the guider's joint policy for a --ctce run."""
+    run_dir = Path(args.eval_from)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file() or not (run_dir / "models").is_dir():
+        raise ArgError(f"{run_dir} is not a run folder saved with --save-model (no config.json or models/)")
+    config = json.loads(config_path.read_text())
+    if config.get("algo") != ALGO:
+        raise ArgError(f"{run_dir} was trained by {config.get('algo')}.py, not {ALGO}.py")
+    saved = Args(**{k: v for k, v in config["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+    saved = dataclasses.replace(saved, num_eval_episodes=args.num_eval_episodes, greedy_eval=args.greedy_eval)
+    env = envs.make(saved.env_id)
+    actor, guider = make_networks(saved, env)
+    evaluate = jax.jit(make_evaluate(saved, env, actor, guider), static_argnums=(2, 3))
+    A, key = env.num_agents, jax.random.PRNGKey(0)
+    if saved.ctce:
+        action = jnp.zeros((1, 1, A, env.num_actions)) if env.continuous else jnp.zeros((1, 1, A), jnp.int32)
+        template = guider.init(key, zero_guider_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
+                               jnp.zeros((1, 1), bool), jnp.zeros((1, 1), jnp.int32),
+                               jnp.ones((1, 1, A, env.num_actions), bool))
+    else:
+        template = actor.init(key, jnp.zeros((A, saved.hidden_dim)), jnp.zeros((1, A, env.obs_dim)),
+                              jnp.zeros((1, A), bool), jnp.ones((1, A, env.num_actions), bool))
+    for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
+        params = flax.serialization.from_bytes(template, path.read_bytes())
+        returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes, saved.ctce)
+        line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
+        if not env.metric_is_return:
+            line += f", {env.metric_name} {float(metrics.mean()):.3f}"
+        print(line + f" over {args.num_eval_episodes} episodes", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.eval_from:
+        return evaluate_saved(args)
+    check_args(args)
+    env = envs.make(args.env_id)
+
+    run_dir = make_run_dir(args)
+    config = {"algo": ALGO, "system": system_name(args), "args": dataclasses.asdict(args), "env": repr(env),
+              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(project=args.wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
+    print(f"{system_name(args)} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
+          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
+
+    reporter = Reporter(args, env, run_dir, wandb_run)
+    train = jax.vmap(make_train(args, env, reporter))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
+    seed_indices = jnp.arange(args.num_seeds)
+    t0 = time.time()
+    compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    reporter.start = time.time()
+    results = jax.block_until_ready(compiled(keys, seed_indices))
+    reporter.finish(results)
+    if args.save_model:
+        save_models(run_dir, results)
+        print(f"saved policies to {run_dir / 'models'}; evaluate with: python {ALGO}.py --eval-from {run_dir}")
+    if wandb_run is not None:
+        wandb_run.finish()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ArgError, envs.UnknownEnvError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
