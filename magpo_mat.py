@@ -328,7 +328,8 @@ class Attention(nn.Module):
             q, k, v = jnp.split(qkv + jnp.concatenate([self.b_q, self.b_k, self.b_v]), 3, axis=-1)
         else:  # cross-attention: one for k and v
             q = flat_matmul(query, self.w_q) + self.b_q
-            k, v = jnp.split(flat_matmul(x, jnp.concatenate([self.w_k, self.w_v], 1)) + jnp.concatenate([self.b_k, self.b_v]), 2, -1)
+            kv = flat_matmul(x, jnp.concatenate([self.w_k, self.w_v], 1))
+            k, v = jnp.split(kv + jnp.concatenate([self.b_k, self.b_v]), 2, axis=-1)
         hs = self.width // self.n_head
         q, k, v = (y.reshape(*y.shape[:-1], self.n_head, hs) for y in (q, k, v))
         scores = jnp.einsum("...nhd,...mhd->...hnm", q, k) / math.sqrt(hs)
@@ -415,7 +416,8 @@ class Guider(nn.Module):
         obs (C, B, A, D), action (C, B, A[, K]), action_mask (C, B, A, K)
         -> value (C, B, A) and the policy of each agent given the actions before it, batch (C, B, A)."""
         value, obs_rep = self.encode(obs)
-        previous = jnp.concatenate([self.start_token((*obs.shape[:2], 1)), self.action_token(action)[:, :, :-1]], axis=2)
+        start = self.start_token((*obs.shape[:2], 1))
+        previous = jnp.concatenate([start, self.action_token(action)[:, :, :-1]], axis=2)
         return value, self.action_head(self.decode(previous, obs_rep), action_mask)
 
     def value(self, hidden, obs, reset, step_count):

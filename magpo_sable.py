@@ -287,6 +287,20 @@ class Actor(nn.Module):
         return hidden, ActionHead(self.num_actions, self.continuous)(x, action_mask)
 
 
+def flat_matmul(x, w):
+    """x (..., F) @ w (F, G) with all leading axes flattened into one. Same numbers as `x @ w`, but
+    XLA:CPU then computes the weight gradient as one matrix product; on (..., A, F) it first copies
+    the cotangent into a layout with the small agent axis innermost (the update runs ~2x slower)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+class Dense(nn.Dense):
+    """nn.Dense through `flat_matmul` (same parameters, same numbers, a faster backward on the CPU)."""
+
+    def __call__(self, x):
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.features)
+
+
 class SableHidden(NamedTuple):
     """Retention states, each (E, nb, nh, hs, hs): one per block and head, carried across steps."""
 
@@ -317,7 +331,7 @@ class SwiGLU(nn.Module):
     def __call__(self, x):
         w_gate, w_linear, w_out = (self.param(n, nn.initializers.zeros, (self.width, self.width))
                                    for n in ("w_gate", "w_linear", "w_out"))
-        return (nn.swish(x @ w_gate) * (x @ w_linear)) @ w_out
+        return flat_matmul(nn.swish(flat_matmul(x, w_gate)) * flat_matmul(x, w_linear), w_out)
 
 
 def block_steps(steps: int, num_agents: int, tokens: int = 64) -> int:
@@ -366,10 +380,11 @@ class Retention(nn.Module):
         steps = L // self.num_agents
         position = positional_encoding(jnp.repeat(step_count, L // step_count.shape[1], axis=1), self.width)
         if query is x:  # self-retention: one matrix product for q, k and v
-            q, k, v = jnp.split((x + position) @ jnp.concatenate([self.w_q, self.w_k, self.w_v], 1), 3, axis=-1)
+            qkv = flat_matmul(x + position, jnp.concatenate([self.w_q, self.w_k, self.w_v], 1))
+            q, k, v = jnp.split(qkv, 3, axis=-1)
         else:  # cross-retention: one for k and v
-            q = (query + position) @ self.w_q
-            k, v = jnp.split((x + position) @ jnp.concatenate([self.w_k, self.w_v], 1), 2, axis=-1)
+            q = flat_matmul(query + position, self.w_q)
+            k, v = jnp.split(flat_matmul(x + position, jnp.concatenate([self.w_k, self.w_v], 1)), 2, axis=-1)
         q, k, v = self.heads(q), self.heads(k), self.heads(v)
         kappa = jnp.asarray(self.decay, jnp.float32)  # (nh,)
         if not chunkwise:
@@ -413,7 +428,7 @@ class Retention(nn.Module):
         var = retained.var(-1, keepdims=True)
         retained = ((retained - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(x.shape)
         retained = retained * self.norm_scale + self.norm_bias
-        return (nn.swish(x @ self.w_g) * retained) @ self.w_o
+        return flat_matmul(nn.swish(flat_matmul(x, self.w_g)) * retained, self.w_o)
 
 
 class EncodeBlock(nn.Module):
@@ -465,16 +480,16 @@ class Guider(nn.Module):
 
     def setup(self):
         M, dims = self.width, (self.width, self.n_head, self.decay, self.num_agents)
-        self.obs_encoder = nn.Sequential([nn.RMSNorm(), nn.Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))),
+        self.obs_encoder = nn.Sequential([nn.RMSNorm(), Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))),
                                           nn.gelu])
         self.encoder_norm = nn.RMSNorm()
         self.encoder_blocks = [EncodeBlock(*dims) for _ in range(self.n_block)]
-        self.value_head = nn.Sequential([nn.Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.RMSNorm(),
-                                         nn.Dense(1, kernel_init=orthogonal(0.01))])
-        self.action_encoder = nn.Sequential([nn.Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))), nn.gelu])
+        self.value_head = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.RMSNorm(),
+                                         Dense(1, kernel_init=orthogonal(0.01))])
+        self.action_encoder = nn.Sequential([Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))), nn.gelu])
         self.decoder_norm = nn.RMSNorm()
         self.decoder_blocks = [DecodeBlock(*dims) for _ in range(self.n_block)]
-        self.policy_torso = nn.Sequential([nn.Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.RMSNorm()])
+        self.policy_torso = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.RMSNorm()])
         self.action_head = ActionHead(self.num_actions, self.continuous)
 
     def encode(self, obs, hidden, reset, step_count, chunkwise):  # obs (B, L, D), hidden (B, nb, nh, hs, hs)
