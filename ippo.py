@@ -741,6 +741,19 @@ def evaluate_saved(args: Args) -> None:
         print(line + f" over {args.num_eval_episodes} episodes", flush=True)
 
 
+def shard_seeds(*arrays):
+    """Split the seed axis of `arrays` across the visible devices (JAX's sharding: the one compiled
+    run is then partitioned by seed, each device training its share, and the progress callbacks
+    still see every seed). Uses the most devices that divide the number of seeds; with one device
+    the arrays stay as they are. Returns the arrays and the number of devices used."""
+    devices = jax.devices()
+    count = max(n for n in range(1, len(devices) + 1) if arrays[0].shape[0] % n == 0)
+    if count == 1:
+        return arrays, 1
+    mesh = jax.sharding.Mesh(np.array(devices[:count]), ("seeds",))
+    return jax.device_put(arrays, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))), count
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.eval_from:
@@ -763,10 +776,11 @@ def main(argv=None) -> None:
     reporter = Reporter(args, env, run_dir, wandb_run)
     train = jax.vmap(make_train(args, env, reporter))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
-    seed_indices = jnp.arange(args.num_seeds)
+    (keys, seed_indices), num_devices = shard_seeds(keys, jnp.arange(args.num_seeds))
     t0 = time.time()
     compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
-    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    on = f", seeds split across {num_devices} devices" if num_devices > 1 else ""
+    print(f"compiled in {time.time() - t0:.1f}s{on}", flush=True)
     reporter.start = time.time()
     results = jax.block_until_ready(compiled(keys, seed_indices))
     reporter.finish(results)

@@ -2,6 +2,7 @@
 learning on CoordSum, determinism across seed batching, and the command line."""
 
 import json
+import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -204,6 +205,24 @@ def test_cli_trains_streams_results_saves_and_reloads(name, tmp_path):
     other = "mappo" if name == "ippo" else "ippo"
     wrong = run_cli(other, "--eval-from", str(run), cwd=tmp_path)
     assert wrong.returncode == 2 and f"trained by {name}.py" in wrong.stderr
+
+
+def test_seeds_split_across_devices_train_the_same_run(tmp_path):
+    """With two (forced host) devices the seeds are sharded across them: the same per-seed results as
+    on one device, and every seed's progress still streams out."""
+    def run(name, devices):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        proc = subprocess.run([sys.executable, str(ROOT / "mappo.py"), *CLI_TINY, "--out-dir", "out", "--run-name",
+                               name], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows = [json.loads(l) for l in (tmp_path / "out" / name / "metrics.jsonl").read_text().splitlines()]
+        return proc.stdout, {(r["checkpoint"], r["seed_index"]): r["eval/episode_returns"] for r in rows}
+
+    out_two, two = run("two", 2)
+    out_one, one = run("one", 1)
+    assert "seeds split across 2 devices" in out_two and "devices" not in out_one
+    assert sorted(two) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert two == one
 
 
 @pytest.mark.parametrize("flags, message", [
