@@ -66,8 +66,9 @@ ALGO = "magpo_mat"
 
 
 def system_name(args: Args) -> str:
-    """The method's name in results and in the paper's tables: MAGPO, or MAT under --ctce."""
-    return "mat" if args.ctce else "magpo"
+    """The method's name in results: MAGPO with a MAT guider (distinct from magpo_sable.py's "magpo",
+    so that marl-eval can aggregate both), or MAT under --ctce (the paper's column)."""
+    return "mat" if args.ctce else "magpo_mat"
 
 
 # ==================================================================================================

@@ -763,7 +763,7 @@ def main(argv=None) -> None:
     env = envs.make(args.env_id)
 
     run_dir = make_run_dir(args)
-    config = {"algo": ALGO, "args": dataclasses.asdict(args), "env": repr(env),
+    config = {"algo": ALGO, "system": ALGO, "args": dataclasses.asdict(args), "env": repr(env),
               "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     wandb_run = None
