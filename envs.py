@@ -149,8 +149,16 @@ class MultiAgentEnv(abc.ABC):
         return state, timestep
 
     def step(self, state: EnvState, actions: jax.Array) -> tuple[EnvState, TimeStep]:
+        state, timestep, _ = self.step_and_reached(state, actions)
+        return state, timestep
+
+    def step_and_reached(self, state: EnvState, actions: jax.Array) -> tuple[EnvState, TimeStep, Any]:
+        """`step`, and the underlying environment's state that the step reached, before the
+        automatic reset replaces it where the episode ended: the last frame of an episode, for
+        renderers (watch.py). `step` is this without it (so XLA never computes anything more)."""
         key, step_key, reset_key = jax.random.split(state.key, 3)
         inner, raw, reward, terminated, metric = self._step(step_key, state.inner, actions)
+        reached = inner
         reward = reward.astype(jnp.float32)
         terminated = jnp.asarray(terminated, bool)
         step_count = state.step_count + 1
@@ -182,7 +190,13 @@ class MultiAgentEnv(abc.ABC):
             episode_length=jnp.where(done, step_count, 0).astype(jnp.int32),
             episode_metric=jnp.where(done, metric, 0.0).astype(jnp.float32),
         )
-        return state, timestep
+        return state, timestep, reached
+
+    @property
+    def inner_env(self) -> Any:
+        """The jumanji or jaxmarl environment underneath (None for CoordSum), whose own renderer
+        draws `EnvState.inner` (SMAX: `EnvState.inner.env.state`)."""
+        return getattr(self, "_env", None)
 
     def __repr__(self) -> str:
         kind = f"continuous({self.action_dim})" if self.continuous else f"discrete({self.num_actions})"
