@@ -1,6 +1,9 @@
 """What several test files share: a random policy's return, perturbed parameters, and the check of a
 one-line CLI error."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 
@@ -35,3 +38,11 @@ def randomised(params, key, scale=0.3):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def write_config(folder, module, args, env):
+    """The config.json a script's main() writes into its run folder (for tests that fake a run)."""
+    system = module.system_name(args) if hasattr(module, "system_name") else module.ALGO
+    config = {"algo": module.ALGO, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
+              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))

@@ -4,8 +4,6 @@ marked), and the driver's commands (preset where the paper has a row, run names,
 runs). Nothing trains."""
 
 import csv
-import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import envs
 import magpo_sable
 import mappo
 from benchmarks import plot, reproduce
+from helpers import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["coordsum-3x10", "connector-5x5x3a"]  # a task scored by its return, and one by its win rate
@@ -33,10 +32,7 @@ def write_run(folder: Path, module, args, absolute: np.ndarray, finished: bool =
     table that read the return for a win-rate task would show it) and the absolute metric."""
     env = envs.make(args.env_id)
     folder.mkdir(parents=True)
-    system = {"system": module.system_name(args)} if hasattr(module, "system_name") else {}
-    config = {"algo": module.ALGO, **system, "args": dataclasses.asdict(args), "env": repr(env),
-              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    write_config(folder, module, args, env)
     reporter = module.Reporter(args, env, folder)
     rng = np.random.default_rng(0)
     for k in range(args.num_evals):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import envs
-from helpers import error_lines
+from helpers import error_lines, write_config
 import magpo_sable
 import mappo
 import watch
@@ -62,8 +62,7 @@ def save_run(path: Path, module, args) -> dict:
     save_models), with random parameters: -> {(seed, "best" | "final"): params}."""
     env = envs.make(args.env_id)
     path.mkdir(parents=True)
-    config = {"algo": module.ALGO, "args": dataclasses.asdict(args), "env": repr(env)}
-    (path / "config.json").write_text(json.dumps(config))
+    write_config(path, module, args, env)
     init = saved_shapes(module, args, env)
     params = {(s, which): random_params(init, 2 * s + i)
               for s in range(args.num_seeds) for i, which in enumerate(("final", "best"))}
