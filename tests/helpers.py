@@ -1,13 +1,40 @@
-"""What several test files share: a random policy's return, perturbed parameters, and the check of a
-one-line CLI error."""
+"""What several test files share: fast compilation for short programs, a random policy's return,
+perturbed parameters, and the check of a one-line CLI error."""
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 
 import envs
+
+# Most test programs run for well under a second after compiling for several: without LLVM's costly
+# optimisations they compute the same thing and compile about twice as fast. The learning tests, whose
+# runs take longer than their compilation, keep the default.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+FAST_XLA_FLAGS = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())
+
+
+def fast_jit(f):
+    """jax.jit(f), compiled with FAST_COMPILE (once per structure and shapes of the arguments)."""
+    jitted, compiled = jax.jit(f), {}
+
+    def call(*args):
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        signature = (tree, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+        if signature not in compiled:
+            compiled[signature] = jitted.lower(*args).compile(FAST_COMPILE)
+        return compiled[signature](*args)
+
+    return call
+
+
+def cli_env(extra_xla_flags=""):
+    """The environment for a script run in a subprocess by a test: FAST_COMPILE as XLA flags."""
+    flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), FAST_XLA_FLAGS, extra_xla_flags) if f)
+    return {**os.environ, "XLA_FLAGS": flags}
 
 
 def random_policy_return(env_id, episodes=64):
@@ -25,7 +52,7 @@ def random_policy_return(env_id, episodes=64):
 
         return jax.lax.scan(body, (state, ts, jnp.zeros(episodes)), jax.random.split(key, env.time_limit))[0][2]
 
-    return float(jax.jit(run)(jax.random.PRNGKey(0)).mean())
+    return float(fast_jit(run)(jax.random.PRNGKey(0)).mean())
 
 
 def error_lines(proc):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import envs
+from helpers import fast_jit
 
 ONE_PER_FAMILY = [
     "coordsum-3x10",
@@ -46,7 +47,7 @@ def rollout(env, num_envs, num_steps, seed=0):
         (_, last), (inputs, actions) = jax.lax.scan(body, (state, first), jax.random.split(key, num_steps))
         return first, inputs, actions, last
 
-    return jax.jit(run)(jax.random.PRNGKey(seed))
+    return fast_jit(run)(jax.random.PRNGKey(seed))
 
 
 def test_ids_are_the_papers_43_tasks_plus_the_released_coordsum_variants():
@@ -62,7 +63,7 @@ def test_every_id_constructs_resets_and_steps(env_id):
     env = envs.make(env_id)
     assert env.env_id == env_id and env.num_agents >= 2
 
-    @jax.jit
+    @fast_jit
     def reset_and_step(key):
         state, ts = env.reset(key)
         actions = random_actions(env, key, ts.action_mask)
@@ -191,7 +192,7 @@ def scripted_coordsum(env_id, policy, num_steps, seed=0):
 
         return jax.lax.scan(body, state, jax.random.split(key, num_steps))[1]
 
-    return env, jax.device_get(jax.jit(run)(jax.random.PRNGKey(seed)))
+    return env, jax.device_get(fast_jit(run)(jax.random.PRNGKey(seed)))
 
 
 def hit_the_target_often(key, target, env):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import envs
+from helpers import fast_jit
 
 # (allies, enemies) per map, from SMAC / SMACv2 (the SMACv2 maps are symmetric)
 SMAX_UNITS = {
@@ -85,7 +86,7 @@ def test_smax_steps_exactly_as_jaxmarl_heuristic_enemy_smax():
         first = (raw.obs, jnp.stack([obs[a] for a in allies]), raw.state, obs["world_state"])
         return first, jax.lax.scan(body, (inner, raw, jm_state), jax.random.split(key, 70))[1]
 
-    first, (ours, theirs) = jax.device_get(jax.jit(run)(jax.random.PRNGKey(3)))
+    first, (ours, theirs) = jax.device_get(fast_jit(run)(jax.random.PRNGKey(3)))
     np.testing.assert_allclose(first[0], first[1], atol=1e-6)
     np.testing.assert_allclose(first[2], first[3], atol=1e-6)
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
@@ -101,7 +102,7 @@ def smax_first_episodes():
     off so that the terminal state can be inspected. Per step: (timestep, state after the step)."""
     env = envs.make("smax-2s3z")
     env._reset_where = lambda any_done, done, key, current: current  # keep the terminal state
-    reset, step = jax.jit(jax.vmap(env.reset)), jax.jit(jax.vmap(env.step))
+    reset, step = fast_jit(jax.vmap(env.reset)), fast_jit(jax.vmap(env.step))
     state, ts = reset(jax.random.split(jax.random.PRNGKey(0), 64))
     first = ts
     history = []
@@ -208,7 +209,7 @@ def test_smax_time_limit_is_jaxmarls_101st_step_and_a_truncation(smax_first_epis
 def test_smacv2_maps_draw_units_and_positions_every_episode():
     env = envs.make("smax-smacv2_5_units")
     U, A = 10, 5
-    _, ts = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 32))
+    _, ts = fast_jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 32))
     world = np.asarray(ts.global_state[:, 0, :-A])
     types = world[:, -U:].astype(int)
     assert ((types >= 0) & (types < 6)).all()
@@ -259,7 +260,7 @@ def test_mpe_steps_exactly_as_jaxmarl_and_rewards_each_agent_its_own_reward():
         return jax.lax.scan(body, (inner, jm_state), jax.random.split(key, 26))[1]
 
     obs, jm_obs, state, jm_state, reward, jm_reward, mask, terminated = jax.device_get(
-        jax.jit(run)(jax.random.PRNGKey(0))
+        fast_jit(run)(jax.random.PRNGKey(0))
     )
     np.testing.assert_allclose(obs, jm_obs, atol=1e-6)
     np.testing.assert_allclose(state, jm_state, atol=1e-6)  # global state: the views concatenated
@@ -276,7 +277,7 @@ def test_mpe_reward_mixes_own_collisions_and_landmark_coverage_half_and_half():
     pos = inner.p_pos.at[1].set(inner.p_pos[0] + jnp.array([0.1, 0.0]))
     pos = pos.at[2].set(inner.p_pos[0] + jnp.array([1.0, 1.0]))
     state = state._replace(inner=inner.replace(p_pos=pos))
-    _, ts = jax.jit(env.step)(state, jnp.zeros((3, 5)))
+    _, ts = fast_jit(env.step)(state, jnp.zeros((3, 5)))
     obs = np.asarray(ts.obs)
     agents = obs[:, 2:4]  # own positions
     landmarks = agents[0] + obs[0, 4:10].reshape(3, 2)  # landmarks relative to agent 0
@@ -298,7 +299,7 @@ def test_mpe_episodes_are_cut_at_26_steps_never_terminated():
 
         return jax.lax.scan(body, state, jax.random.split(key, 80))[1]
 
-    done, terminated, truncated, length = jax.device_get(jax.jit(run)(jax.random.PRNGKey(0)))
+    done, terminated, truncated, length = jax.device_get(fast_jit(run)(jax.random.PRNGKey(0)))
     steps = np.arange(1, 81)
     np.testing.assert_array_equal(done, np.broadcast_to((steps % 26 == 0)[:, None], done.shape))
     np.testing.assert_array_equal(truncated, done)
@@ -308,7 +309,7 @@ def test_mpe_episodes_are_cut_at_26_steps_never_terminated():
 
 def test_mpe_actions_are_clipped_to_minus_one_one_and_minus_one_acts():
     env = envs.make("mpe-simple_spread_3ag")
-    step = jax.jit(jax.vmap(env.step, in_axes=(None, 0)))
+    step = fast_jit(jax.vmap(env.step, in_axes=(None, 0)))
     state, _ = env.reset(jax.random.PRNGKey(0))
     push = np.zeros((4, 3, 5), np.float32)
     push[1, :, 1] = -1.0  # "left" at -1: a push to the right (jaxmarl: force x = right - left)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import envs
+from helpers import fast_jit
 
 RWARE_IDS = [i for i in envs.ENV_IDS if i.startswith("rware-")]
 LBF_IDS = [i for i in envs.ENV_IDS if i.startswith("lbf-")]
@@ -45,7 +46,7 @@ def test_rware_settings_follow_the_id(env_id):
 @pytest.fixture(scope="module")
 def tiny():
     env = envs.make("rware-tiny-2ag")
-    return env, jax.jit(env.step), jax.jit(env._reset)
+    return env, fast_jit(env.step), fast_jit(env._reset)
 
 
 def rware_place(inner, agent, x, y, direction, shelf=None):
@@ -116,7 +117,7 @@ def test_rware_collision_terminates_the_episode(tiny):
 def test_rware_time_limit_truncates_after_500_steps(tiny):
     env, _, _ = tiny
 
-    @jax.jit
+    @fast_jit
     def idle_episode(key):
         state, _ = env.reset(key)
 
@@ -140,7 +141,7 @@ def test_rware_reset_is_jumanjis_state_with_uniform_draws(tiny):
 
     env, _, reset = tiny
     ours, raw = reset(jax.random.PRNGKey(3))
-    theirs, timestep = jax.jit(env._env.reset)(jax.random.PRNGKey(3))
+    theirs, timestep = fast_jit(env._env.reset)(jax.random.PRNGKey(3))
     shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     assert shapes(ours) == shapes(theirs)
@@ -152,7 +153,7 @@ def test_rware_reset_is_jumanjis_state_with_uniform_draws(tiny):
 
     # Many resets: agents on distinct cells, written on the grid; the requested shelves are the
     # queue; every cell, direction and shelf drawn about equally often.
-    states, _ = jax.jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(4), 6000))
+    states, _ = fast_jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(4), 6000))
     x, y = np.asarray(states.agents.position.x), np.asarray(states.agents.position.y)
     rows, columns = env._env.grid_size
     assert np.all(x[:, 0] * columns + y[:, 0] != x[:, 1] * columns + y[:, 1])
@@ -198,7 +199,7 @@ def test_lbf_settings_follow_the_id(env_id):
 @pytest.mark.parametrize("env_id", ["lbf-2s-10x10-3p-3f", "lbf-10x10-3p-3f"])
 def test_lbf_agents_see_only_their_field_of_view(env_id):
     env = envs.make(env_id)
-    states, raw = jax.jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(0), 300))
+    states, raw = fast_jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(0), 300))
     fov, F = env._env.fov, env._env.num_food
     agents = np.asarray(states.agents.position)  # (B, A, 2)
     food = np.asarray(states.food_items.position)  # (B, F, 2)
@@ -220,7 +221,7 @@ def test_lbf_agents_see_only_their_field_of_view(env_id):
 @pytest.mark.parametrize("env_id", ["lbf-8x8-2p-2f-coop", "lbf-15x15-4p-3f"])
 def test_lbf_coop_tasks_need_every_agent_on_each_food(env_id):
     env = envs.make(env_id)
-    states, _ = jax.jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(0), 300))
+    states, _ = fast_jit(jax.vmap(env._reset))(jax.random.split(jax.random.PRNGKey(0), 300))
     agent_levels = np.sort(np.asarray(states.agents.level), axis=1)
     food_levels = np.asarray(states.food_items.level)
     assert np.all((agent_levels >= 1) & (agent_levels <= 2))
@@ -235,8 +236,8 @@ def test_lbf_team_reward_is_the_normalised_food_level_eaten():
     from jumanji.environments.routing.lbf.constants import LOAD, NOOP as LBF_NOOP
 
     env = envs.make("lbf-2s-8x8-2p-2f-coop")
-    step = jax.jit(env.step)
-    inner, _ = jax.jit(env._reset)(jax.random.PRNGKey(0))
+    step = fast_jit(env.step)
+    inner, _ = fast_jit(env._reset)(jax.random.PRNGKey(0))
     level = int(inner.food_items.level[0])  # coop: both food items have the agents' summed level
 
     def surround(inner, food):
@@ -303,7 +304,7 @@ def test_connector_views_and_ends_along_random_episodes():
     env = envs.make("connector-7x7x5a")
     G, N, B, T = 7, 5, 8, 30
 
-    @jax.jit
+    @fast_jit
     def rollout(key):  # random legal moves in B environments
         state, ts = jax.vmap(env.reset)(jax.random.split(key, B))
 
@@ -363,7 +364,7 @@ def solved_paths(env, key):
 @pytest.fixture(scope="module")
 def connector5():
     env = envs.make("connector-5x5x3a")
-    return env, jax.jit(env.step), jax.jit(env.reset)
+    return env, fast_jit(env.step), fast_jit(env.reset)
 
 
 def test_connector_all_agents_connected_is_a_win(connector5):

@@ -17,7 +17,7 @@ import pytest
 import envs
 import magpo_mat as mm
 import magpo_sable as ms
-from helpers import error_lines, random_policy_return, randomised
+from helpers import cli_env, error_lines, fast_jit, random_policy_return, randomised
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_teacher_forced_log_probs_equal_the_autoregressive_sampling(continuous):
     no_reset, no_steps = jnp.zeros((1, B), bool), jnp.zeros((1, B), jnp.int32)
     params = randomised(guider.init(jax.random.PRNGKey(0), (), obs[None], action0, no_reset, no_steps, mask[None]),
                         jax.random.PRNGKey(1))
-    act = jax.jit(lambda k: guider.apply(params, (), obs, no_reset[0], no_steps[0], mask, k, method=mm.Guider.act))
+    act = fast_jit(lambda k: guider.apply(params, (), obs, no_reset[0], no_steps[0], mask, k, method=mm.Guider.act))
     action, log_prob, value, hidden = act(jax.random.PRNGKey(2))
     assert hidden == ()  # MAT carries no memory across steps
     if not continuous:
@@ -71,7 +71,7 @@ def test_decoder_reads_only_the_actions_before_each_agent():
     no_reset, no_steps = jnp.zeros((1, B), bool), jnp.zeros((1, B), jnp.int32)
     params = randomised(guider.init(jax.random.PRNGKey(0), (), obs[None], actions, no_reset, no_steps, mask[None]),
                         jax.random.PRNGKey(1))
-    logits = jax.jit(lambda a: guider.apply(params, (), obs[None], a, no_reset, no_steps, mask[None])[1].logits)
+    logits = fast_jit(lambda a: guider.apply(params, (), obs[None], a, no_reset, no_steps, mask[None])[1].logits)
     base = logits(actions)
     for changed in range(A):
         other = logits(actions.at[..., changed].add(1) % 5)
@@ -111,7 +111,7 @@ def test_learner_learns_coordsum_with_aligned_replays_and_is_deterministic():
 # --------------------------------------------------------------------------------------------------
 def run_cli(*flags, cwd):
     return subprocess.run([sys.executable, str(ROOT / "magpo_mat.py"), *flags], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=cli_env())
 
 
 def test_cli_ctce_trains_saves_and_reloads_mat(tmp_path):
@@ -134,7 +134,7 @@ def test_cli_ctce_trains_saves_and_reloads_mat(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert evaluated.stdout.count("coordsum-3x10 return") == 2
     wrong = subprocess.run([sys.executable, str(ROOT / "magpo_sable.py"), "--eval-from", str(run)], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=cli_env())
     assert wrong.returncode == 2 and "trained by magpo_mat.py" in wrong.stderr
 
 

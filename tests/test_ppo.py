@@ -2,7 +2,6 @@
 learning on CoordSum, determinism across seed batching, and the command line."""
 
 import json
-import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import envs
-from helpers import error_lines, random_policy_return
+from helpers import cli_env, error_lines, fast_jit, random_policy_return
 import ippo
 import mappo
 
@@ -122,7 +121,9 @@ TINY = dict(env_id="coordsum-3x10", num_envs=8, rollout_length=32, num_minibatch
 def compiled_train(name, num_seeds, **overrides):
     script = SCRIPTS[name]
     args = script.Args(**{**TINY, **overrides}, num_seeds=num_seeds)
-    return jax.jit(jax.vmap(script.make_train(args, envs.make(args.env_id))))
+    train = jax.vmap(script.make_train(args, envs.make(args.env_id)))
+    # the tiny runs take far less time than their compilation; the learning run the other way round
+    return fast_jit(train) if args.total_timesteps <= TINY["total_timesteps"] else jax.jit(train)
 
 
 def run_train(name, num_seeds, seed=0, **overrides):
@@ -156,9 +157,10 @@ def test_first_minibatch_ratio_is_one_and_seeds_batch_deterministically(name):
 def test_learns_coordsum_beyond_a_random_policy(name):
     random_return = random_policy_return("coordsum-3x10")
     assert 2.0 < random_return < 8.0  # about 100 steps x P(hit) 0.022 x ~1.9
-    # a small, fast configuration (16 envs x 64 steps, lr 1e-3): about 70 after 61k steps, 107 after 123k
+    # a small, fast configuration (16 envs x 64 steps, lr 1e-3): about 33 after 31k steps, 70 after 61k,
+    # 107 after 123k
     out = run_train(name, 1, recurrent_chunk_size=None, num_envs=16, rollout_length=64, num_minibatches=2, ppo_epochs=4,
-                    num_evals=2, num_eval_episodes=32, total_timesteps=2 * 30 * 1024, lr=1e-3)
+                    num_evals=2, num_eval_episodes=32, total_timesteps=2 * 15 * 1024, lr=1e-3)
     curve = out["history"]["eval/episode_return"].mean(-1)[0]
     assert curve[-1] > 3 * random_return, (curve, random_return)
     assert curve[-1] > curve[0]
@@ -170,7 +172,7 @@ def test_learns_coordsum_beyond_a_random_policy(name):
 # --------------------------------------------------------------------------------------------------
 def run_cli(name, *flags, cwd):
     return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *flags], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=cli_env())
 
 
 CLI_TINY = ["--env-id", "coordsum-3x10", "--num-seeds", "2", "--num-envs", "4", "--rollout-length", "16",
@@ -178,23 +180,44 @@ CLI_TINY = ["--env-id", "coordsum-3x10", "--num-seeds", "2", "--num-envs", "4", 
             "--total-timesteps", str(2 * 4 * 16)]
 
 
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """name -> (folder, CompletedProcess) of CLI_TINY with --save-model, run once per module (the
+    seed-sharding test compares its own run against mappo's)."""
+    done = {}
+
+    def run(name):
+        if name not in done:
+            folder = tmp_path_factory.mktemp(f"cli_{name}")
+            done[name] = folder, run_cli(name, *CLI_TINY, "--out-dir", "out", "--run-name", "r", "--save-model",
+                                         cwd=folder)
+        return done[name]
+
+    return run
+
+
+def per_seed_returns(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {(r["checkpoint"], r["seed_index"]): r["eval/episode_returns"] for r in rows}
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_cli_trains_streams_results_saves_and_reloads(name, tmp_path):
-    proc = run_cli(name, *CLI_TINY, "--out-dir", "out", "--run-name", "r", "--save-model", cwd=tmp_path)
+def test_cli_trains_streams_results_saves_and_reloads(name, cli_runs, tmp_path):
+    folder, proc = cli_runs(name)
     assert proc.returncode == 0, proc.stderr[-2000:]
     progress = [l for l in proc.stdout.splitlines() if l.startswith("[")]
     assert len(progress) == 2 and "eval return" in progress[0] and "eta" in progress[0]
-    run = tmp_path / "out" / "r"
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert sorted((r["checkpoint"], r["seed_index"]) for r in rows) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert "devices" not in proc.stdout  # one device: nothing to split
+    run = folder / "out" / "r"
+    assert sorted(per_seed_returns(run)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     marl = json.loads((run / "marl_eval.json").read_text())
     seeds = marl["coordsum"]["coordsum-3x10"][name]
     assert set(seeds) == {"seed_0", "seed_1"}
     assert len(seeds["seed_0"]["absolute_metrics"]["episode_return"]) == 20
     assert json.loads((run / "config.json").read_text())["algo"] == name
     # a second run with the same name does not overwrite the first
-    args = SCRIPTS[name].Args(out_dir=str(tmp_path / "out"), run_name="r")
-    assert SCRIPTS[name].make_run_dir(args) == tmp_path / "out" / "r-2"
+    args = SCRIPTS[name].Args(out_dir=str(folder / "out"), run_name="r")
+    assert SCRIPTS[name].make_run_dir(args) == folder / "out" / "r-2"
     assert (run / "metrics.jsonl").exists()
     # reload the saved actors and evaluate them
     models = sorted(p.name for p in (run / "models").iterdir())
@@ -207,22 +230,19 @@ def test_cli_trains_streams_results_saves_and_reloads(name, tmp_path):
     assert wrong.returncode == 2 and f"trained by {name}.py" in wrong.stderr
 
 
-def test_seeds_split_across_devices_train_the_same_run(tmp_path):
+def test_seeds_split_across_devices_train_the_same_run(cli_runs, tmp_path):
     """With two (forced host) devices the seeds are sharded across them: the same per-seed results as
-    on one device, and every seed's progress still streams out."""
-    def run(name, devices):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        proc = subprocess.run([sys.executable, str(ROOT / "mappo.py"), *CLI_TINY, "--out-dir", "out", "--run-name",
-                               name], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        rows = [json.loads(l) for l in (tmp_path / "out" / name / "metrics.jsonl").read_text().splitlines()]
-        return proc.stdout, {(r["checkpoint"], r["seed_index"]): r["eval/episode_returns"] for r in rows}
-
-    out_two, two = run("two", 2)
-    out_one, one = run("one", 1)
-    assert "seeds split across 2 devices" in out_two and "devices" not in out_one
+    on one device (mappo's command-line run above), and every seed's progress still streams out."""
+    env = cli_env("--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, str(ROOT / "mappo.py"), *CLI_TINY, "--out-dir", "out", "--run-name", "two"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seeds split across 2 devices" in proc.stdout
+    two = per_seed_returns(tmp_path / "out" / "two")
     assert sorted(two) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert two == one
+    folder, one = cli_runs("mappo")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two == per_seed_returns(folder / "out" / "r")
 
 
 @pytest.mark.parametrize("flags, message", [

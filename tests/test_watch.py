@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import envs
-from helpers import error_lines, write_config
+from helpers import FAST_COMPILE, error_lines, fast_jit, write_config
 import magpo_sable
 import mappo
 import watch
@@ -27,15 +27,6 @@ RUNS = {
     "mappo": (mappo, mappo.Args(env_id=TASK, num_seeds=2, hidden_dim=16)),
     "sable": (magpo_sable, magpo_sable.Args(env_id=TASK, num_seeds=2, hidden_dim=16, ctce=True, embed_dim=16)),
 }
-# Programs that only these tests run compile faster without LLVM's costly optimisations.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def fast_jit(f, *args):
-    """f compiled with FAST_COMPILE for arguments like these."""
-    return jax.jit(f).lower(*args).compile(FAST_COMPILE)
-
-
 def random_params(init, seed):
     """Parameters of the shapes `init(key)` makes, drawn at random: no network is run (compiling an
     init costs seconds), and random logits tell policies apart better than an initialisation does."""
@@ -89,7 +80,7 @@ def fixed_batch(env, E=4):
         return jax.vmap(env.step)(state, actions)
 
     key = jax.random.PRNGKey(0)
-    return fast_jit(batch, key)(key)
+    return fast_jit(batch)(key)
 
 
 def test_reload_gives_identical_action_distributions_actor(runs):
@@ -105,7 +96,7 @@ def test_reload_gives_identical_action_distributions_actor(runs):
         A, H = run.env.num_agents, run.args.hidden_dim
         inputs = (jnp.zeros((4 * A, H)), mappo.agents_to_batch(ts.obs[None]), jnp.zeros((1, 4 * A), bool),
                   mappo.agents_to_batch(ts.action_mask[None]))
-        logits = fast_jit(lambda p: actor.apply(p, *inputs)[1].logits, params)
+        logits = fast_jit(lambda p: actor.apply(p, *inputs)[1].logits)
         np.testing.assert_array_equal(logits(params), logits(saved[s, which]))
     # best and final are different files
     leaves = [jax.tree_util.tree_leaves(saved[0, which]) for which in ("best", "final")]
@@ -125,7 +116,7 @@ def test_reload_gives_identical_action_distributions_ctce_guider(runs):
     hidden = policy.init_hidden(4)
     _, guider = magpo_sable.make_networks(run.args, run.env)
     act = fast_jit(lambda p: guider.apply(p, hidden, ts.obs, ts.reset, state.step_count, ts.action_mask, key,
-                                          method=magpo_sable.Guider.act), params)
+                                          method=magpo_sable.Guider.act))
     for ours, theirs in zip(act(params)[:3], act(saved[1, "best"])[:3]):  # actions, log-probs, values
         np.testing.assert_array_equal(ours, theirs)
 
@@ -136,7 +127,7 @@ def test_the_actor_acts_on_each_agents_own_observation_only(runs):
     state, ts = fixed_batch(run.env, E=1)
     changed = ts._replace(obs=ts.obs.at[:, 1:].add(5.0), global_state=ts.global_state + 5.0)
     hidden = policy.init_hidden(1)
-    act = fast_jit(policy.act, params, hidden, ts, state, None)
+    act = fast_jit(policy.act)
     (h, a), (h2, a2) = act(params, hidden, ts, state, None), act(params, hidden, changed, state, None)
     np.testing.assert_array_equal(h[0], h2[0])  # agent 0's memory and action: its own observation only
     np.testing.assert_array_equal(a[:, 0], a2[:, 0])
