@@ -911,21 +911,20 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                           jax.tree_util.tree_map(lambda h: h.reshape(N, *h.shape[2:]), start_hidden[1]))
 
             def epoch(carry, epoch_key):
-                params, opt_states = carry
                 # NOTE(paper vs official code): the released code also permutes the agents' order in
                 # each minibatch before the guider's teacher-forced pass, which changes what each
                 # decoder step is conditioned on (ratios != 1 from the start); we keep the rollout's.
-                order = jax.random.permutation(epoch_key, N)
+                # A new order of the sequences each epoch, cut into minibatches. Each minibatch gathers
+                # its own sequences: a shuffled copy of the whole rollout would be most of a run's
+                # memory on tasks with large observations (Connector, SMAX).
+                minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
 
-                def split(x, axis):  # shuffle along the sequence axis, then cut into minibatches
-                    x = jnp.take(x, order, axis=axis)
-                    x = x.reshape(*x.shape[:axis], args.num_minibatches, -1, *x.shape[axis + 1:])
-                    return jnp.moveaxis(x, axis, 0)
+                def gather_and_update(carry, indices):
+                    batch = jax.tree_util.tree_map(lambda x: jnp.take(x, indices, axis=1), sequences)
+                    hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0), seq_hidden)
+                    return minibatch_update(carry, (batch, (hidden[0].reshape(-1, H), hidden[1])))
 
-                batches = jax.tree_util.tree_map(lambda x: split(x, 1), sequences)
-                hiddens = jax.tree_util.tree_map(lambda h: split(h, 0), seq_hidden)
-                hiddens = (hiddens[0].reshape(args.num_minibatches, -1, H), hiddens[1])
-                return jax.lax.scan(minibatch_update, (params, opt_states), (batches, hiddens))
+                return jax.lax.scan(gather_and_update, carry, minibatches)
 
             key, epoch_key = jax.random.split(runner.key)
             (params, opt_states), losses = jax.lax.scan(

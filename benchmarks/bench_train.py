@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                                   # every script; 1 and 10 seeds
     python benchmarks/bench_train.py --scripts mappo --seeds 1 --ids coordsum-3x10 --updates 4
     python benchmarks/bench_train.py --scripts magpo_mat:ctce --set ppo_epochs=5 num_minibatches=1
+    python benchmarks/bench_train.py --scripts mappo --seeds 10 --sequential   # one call vs 10 runs of 1 seed
 
 A script may carry flags after a colon (`magpo_mat:ctce`, `magpo_sable:ctce,embed_dim=32`); `--set`
 overrides flags of every script measured.
@@ -11,6 +12,10 @@ Each configuration is compiled once (ahead of time, timed separately), then trai
 updates of the paper's settings (128 envs x rollout 128 per seed, the script's defaults otherwise)
 followed by one small evaluation, timed to the end of the call. SPS = seeds x updates x 128 x 128 /
 seconds. Run it on the machine whose figures you report; the README records them with the machine.
+
+With `--sequential`, each N-seed measurement is compared with N runs of 1 seed one after another,
+each compiled afresh as a separate command of the script would (seeds 0..N-1, the same keys as
+the N-seed call): wall-clock time with and without compilation, and SPS, of both.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def parse_flags(items, defaults) -> dict:
     return flags
 
 
-def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: list[str]):
+def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: list[str], first_seed: int = 0):
     script_name, _, flags = spec.partition(":")
     script = importlib.import_module(script_name)
     defaults = script.Args()
@@ -51,8 +56,8 @@ def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: lis
     args = dataclasses.replace(args, total_timesteps=updates * args.steps_per_update)
     env = envs.make(env_id)
     train = jax.jit(jax.vmap(script.make_train(args, env)))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(num_seeds))
-    seeds = jnp.arange(num_seeds)
+    seeds = jnp.arange(first_seed, first_seed + num_seeds)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(seeds)
     t0 = time.perf_counter()
     compiled = train.lower(keys, seeds).compile()
     compile_s = time.perf_counter() - t0
@@ -71,6 +76,8 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--set", nargs="*", default=[], metavar="FLAG=VALUE", help="flags for every script")
+    parser.add_argument("--sequential", action="store_true",
+                        help="compare each N-seed call with N 1-seed runs one after another")
     opts = parser.parse_args()
     device = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
@@ -84,6 +91,13 @@ def main():
                 sps, compile_s, run_s = measure(name, env_id, num_seeds, opts.updates, opts.set)
                 print(f"{name:<18} {env_id:<18} {num_seeds:>5} {sps:>10,.0f} {compile_s:>10.1f} {run_s:>8.1f}",
                       flush=True)
+                if opts.sequential and num_seeds > 1:
+                    runs = [measure(name, env_id, 1, opts.updates, opts.set, first_seed=i) for i in range(num_seeds)]
+                    seq_compile, seq_run = sum(r[1] for r in runs), sum(r[2] for r in runs)
+                    seq_sps = sps * run_s / seq_run  # the same number of steps, in seq_run seconds
+                    print(f"{'  ' + str(num_seeds) + ' x 1 seed':<18} {env_id:<18} {num_seeds:>5} {seq_sps:>10,.0f} "
+                          f"{seq_compile:>10.1f} {seq_run:>8.1f}   one call: {compile_s + run_s:.1f} s with "
+                          f"compilation, sequential: {seq_compile + seq_run:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
