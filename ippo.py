@@ -249,7 +249,7 @@ class Critic(nn.Module):
         return hidden, nn.Dense(1, kernel_init=orthogonal(1.0))(x)[..., 0]
 
 
-def critic_input(timestep: envs.TimeStep) -> jax.Array:
+def critic_input(timestep) -> jax.Array:  # an envs.TimeStep, or a Transition (batched alike)
     """What the critic reads: IPPO's critic sees each agent's own observation, (E, A, D)."""
     return timestep.obs
 
@@ -276,7 +276,7 @@ def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
 # ==================================================================================================
 class Transition(NamedTuple):
     obs: jax.Array  # (E, A, D) the actor's input
-    critic_obs: jax.Array  # (E, A, D or G) the critic's input
+    global_state: jax.Array  # (E, A, G) for critic_input; IPPO never reads it, so XLA never stores it
     reset: jax.Array  # (E,) this observation starts an episode: resets the GRUs
     action_mask: jax.Array  # (E, A, K)
     action: jax.Array  # (E, A) or (E, A, K) for continuous
@@ -442,7 +442,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 action, log_prob, value = (batch_to_agents(x, A)[0] for x in (action, log_prob, value))
                 env_state, timestep = jax.vmap(env.step)(runner.env_state, env_action(env, action))
                 transition = Transition(
-                    obs=runner.timestep.obs, critic_obs=critic_input(runner.timestep),
+                    obs=runner.timestep.obs, global_state=runner.timestep.global_state,
                     reset=runner.timestep.reset, action_mask=runner.timestep.action_mask,
                     action=action, log_prob=log_prob, value=value, reward=timestep.reward,
                     done=timestep.done, episode_return=timestep.episode_return,
@@ -488,7 +488,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             def loss_critic(critic_params, batch, hidden):
                 traj, _, targets = batch
                 reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
-                _, value = critic.apply(critic_params, hidden, agents_to_batch(traj.critic_obs),
+                _, value = critic.apply(critic_params, hidden, agents_to_batch(critic_input(traj)),
                                         agents_to_batch(reset))
                 value_loss = clipped_value_loss(batch_to_agents(value, A), traj.value, targets, args.clip_eps)
                 return args.vf_coef * value_loss, value_loss
@@ -508,24 +508,25 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                           "loss/approx_kl": approx_kl, "loss/clip_frac": clip_frac, "loss/ratio_dev": ratio_dev}
                 return (params, OptStates(actor_opt, critic_opt)), losses
 
-            # Sequences: each env's rollout cut into chunks of C steps: (T, E, ...) -> (C, T//C * E, ...)
-            def to_sequences(x):
-                x = x.reshape(T // C, C, E, *x.shape[2:])
-                return jnp.swapaxes(x, 0, 1).reshape(C, (T // C) * E, *x.shape[3:])
+            # Sequence n = k * E + e is env e's k-th chunk: (T, E, ...) is viewed as (T//C, C, E, ...), and
+            # only a minibatch's own sequences are ever gathered (no reordered copy of the rollout).
+            chunks = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
+                                            (traj_batch, advantages, targets))
 
-            sequences = jax.tree_util.tree_map(to_sequences, (traj_batch, advantages, targets))
+            def sequences(x, indices):  # (T//C, C, E, ...) -> the sequences `indices`, (C, len(indices), ...)
+                return jnp.swapaxes(x[indices // E, :, indices % E], 0, 1)
+
             # Stored hidden states (T//C, E*A, H) -> (T//C * E, A, H), matching the sequence order.
             seq_hidden = jax.tree_util.tree_map(lambda h: h.reshape((T // C) * E, A, H), start_hidden)
             N = (T // C) * E
 
             def epoch(carry, epoch_key):
-                # A new order of the sequences each epoch, cut into minibatches. Each minibatch gathers
-                # its own sequences: a shuffled copy of the whole rollout would be most of a run's
-                # memory on tasks with large observations (Connector, SMAX).
+                # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
+                # own (a shuffled copy of the rollout would be most of a run's memory on large views).
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
 
                 def gather_and_update(carry, indices):
-                    batch = jax.tree_util.tree_map(lambda x: jnp.take(x, indices, axis=1), sequences)
+                    batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), chunks)
                     hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0).reshape(-1, H), seq_hidden)
                     return minibatch_update(carry, (batch, hidden))
 

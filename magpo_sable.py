@@ -899,12 +899,14 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                     actor_params = optax.apply_updates(params.actor, actor_updates)
                 return (Params(actor_params, guider_params), OptStates(actor_opt, guider_opt)), losses
 
-            # Sequences: each env's rollout cut into chunks of C steps: (T, E, ...) -> (C, T//C * E, ...)
-            def to_sequences(x):
-                x = x.reshape(T // C, C, E, *x.shape[2:])
-                return jnp.swapaxes(x, 0, 1).reshape(C, (T // C) * E, *x.shape[3:])
+            # Sequence n = k * E + e is env e's k-th chunk: (T, E, ...) is viewed as (T//C, C, E, ...), and
+            # only a minibatch's own sequences are ever gathered (no reordered copy of the rollout).
+            chunks = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
+                                            (traj_batch, advantages, targets))
 
-            sequences = jax.tree_util.tree_map(to_sequences, (traj_batch, advantages, targets))
+            def sequences(x, indices):  # (T//C, C, E, ...) -> the sequences `indices`, (C, len(indices), ...)
+                return jnp.swapaxes(x[indices // E, :, indices % E], 0, 1)
+
             N = (T // C) * E
             # Stored states (T//C, E*A, H) and (T//C, E, ...) -> (T//C * E, ...), matching the sequence order.
             seq_hidden = (start_hidden[0].reshape(N, A, H),
@@ -914,13 +916,12 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 # NOTE(paper vs official code): the released code also permutes the agents' order in
                 # each minibatch before the guider's teacher-forced pass, which changes what each
                 # decoder step is conditioned on (ratios != 1 from the start); we keep the rollout's.
-                # A new order of the sequences each epoch, cut into minibatches. Each minibatch gathers
-                # its own sequences: a shuffled copy of the whole rollout would be most of a run's
-                # memory on tasks with large observations (Connector, SMAX).
+                # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
+                # own (a shuffled copy of the rollout would be most of a run's memory on large views).
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
 
                 def gather_and_update(carry, indices):
-                    batch = jax.tree_util.tree_map(lambda x: jnp.take(x, indices, axis=1), sequences)
+                    batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), chunks)
                     hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0), seq_hidden)
                     return minibatch_update(carry, (batch, (hidden[0].reshape(-1, H), hidden[1])))
 
