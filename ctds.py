@@ -136,6 +136,10 @@ class Args:
     """encoder blocks, and as many decoder blocks"""
     decay_scaling_factor: float = 0.8
     """scales every head's retention decay κ (in [0, 1]; 0 forgets the previous steps entirely)"""
+    microbatch_size: int | None = None
+    """sequences per gradient pass: each minibatch's gradient is the mean of passes over this many of its
+    sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
+    the minibatch's size is used, so that the passes are equal). Default: the whole minibatch"""
 
     @property
     def steps_per_update(self) -> int:
@@ -153,6 +157,14 @@ class Args:
     def chunk_size(self) -> int:
         return self.recurrent_chunk_size or self.rollout_length
 
+    @property
+    def minibatch_sequences(self) -> int:
+        return self.num_envs * (self.rollout_length // self.chunk_size) // self.num_minibatches
+
+    @property
+    def microbatch_sequences(self) -> int:
+        return math.gcd(self.microbatch_size or self.minibatch_sequences, self.minibatch_sequences)
+
 
 class ArgError(ValueError):
     """A bad flag value: reported as one line on stderr, exit code 2."""
@@ -160,9 +172,10 @@ class ArgError(ValueError):
 
 def check_args(args: Args) -> None:
     positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
-                "ppo_epochs", "num_evals", "num_eval_episodes", "hidden_dim", "embed_dim", "n_head", "n_block"]
+                "ppo_epochs", "num_evals", "num_eval_episodes", "microbatch_size", "hidden_dim", "embed_dim", "n_head",
+                "n_block"]
     for name in positive:
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ["lr", "clip_eps", "max_grad_norm"]:
         if not getattr(args, name) > 0:
@@ -814,10 +827,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ UPDATE NETWORK
             def loss(params: Params, batch, hidden):
                 """PPO for the teacher plus distillation for the students, in one pass: the students'
-                terms see the teacher through stop_gradient, so the gradients do not mix."""
+                terms see the teacher through stop_gradient, so the gradients do not mix.
+                `batch` may be a microbatch of the minibatch; its advantages are normalised over the whole."""
                 traj, advantages, targets = batch
                 actor_hidden, guider_hidden = hidden
-                advantages = normalize(advantages)
                 value, guider_pi = guider.apply(params.guider, guider_hidden, traj.obs, traj.action, traj.reset,
                                                 traj.step_count, traj.action_mask)
                 log_prob = guider_pi.log_prob(traj.action)
@@ -843,15 +856,13 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 guider_loss = guider_ppo - args.ent_coef * entropy + args.vf_coef * value_loss
                 return guider_loss + actor_loss, metrics
 
-            def minibatch_update(carry, minibatch):
+            def minibatch_update(carry, grads):
                 params, opt_states = carry
-                batch, hidden = minibatch
-                grads, losses = jax.grad(loss, has_aux=True)(params, batch, hidden)
                 guider_updates, guider_opt = optimizer.update(grads.guider, opt_states.guider)
                 guider_params = optax.apply_updates(params.guider, guider_updates)
                 actor_updates, actor_opt = optimizer.update(grads.actor, opt_states.actor)
                 actor_params = optax.apply_updates(params.actor, actor_updates)
-                return (Params(actor_params, guider_params), OptStates(actor_opt, guider_opt)), losses
+                return Params(actor_params, guider_params), OptStates(actor_opt, guider_opt)
 
             # Sequence n = k * E + e is env e's k-th chunk: (T, E, ...) is viewed as (T//C, C, E, ...), and
             # only a minibatch's own sequences are ever gathered (no reordered copy of the rollout).
@@ -875,9 +886,27 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
 
                 def gather_and_update(carry, indices):
-                    batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), chunks)
-                    hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0), seq_hidden)
-                    return minibatch_update(carry, (batch, (hidden[0].reshape(-1, H), hidden[1])))
+                    # The minibatch's gradient is the mean of its equal microbatches' gradients (every
+                    # loss term is a mean over samples, the advantages are normalised over the whole
+                    # minibatch): the same gradient, in pieces whose activations can stay in cache.
+                    micro_indices = indices.reshape(-1, args.microbatch_sequences)
+                    advantages = normalize(sequences(chunks[1], indices))  # (C, minibatch, A)
+                    micro_advantages = jnp.moveaxis(advantages.reshape(C, *micro_indices.shape, A), 1, 0)
+
+                    def microbatch_gradient(grads, micro):
+                        micro_indices, advantages = micro
+                        traj, targets = (jax.tree_util.tree_map(lambda x: sequences(x, micro_indices), chunks[i])
+                                         for i in (0, 2))
+                        hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, micro_indices, axis=0), seq_hidden)
+                        micro_grads, losses = jax.grad(loss, has_aux=True)(
+                            carry[0], (traj, advantages, targets), (hidden[0].reshape(-1, H), hidden[1]))
+                        return jax.tree_util.tree_map(jnp.add, grads, micro_grads), losses
+
+                    zeros = jax.tree_util.tree_map(jnp.zeros_like, carry[0])
+                    grads, losses = jax.lax.scan(microbatch_gradient, zeros, (micro_indices, micro_advantages))
+                    grads = jax.tree_util.tree_map(lambda g: g / len(micro_indices), grads)
+                    losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
+                    return minibatch_update(carry, grads), losses
 
                 return jax.lax.scan(gather_and_update, carry, minibatches)
 

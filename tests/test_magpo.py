@@ -16,6 +16,7 @@ import pytest
 
 import envs
 from helpers import cli_env, error_lines, fast_jit, random_policy_return, randomised
+import ctds
 import magpo_mat as mm
 import magpo_sable as ms
 import mappo
@@ -234,6 +235,24 @@ def test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic():
     # tested on ippo/mappo, and the command-line test trains 2 seeds in one call)
     np.testing.assert_array_equal(run_train(1, ctce=True)["history"]["eval/episode_return"], h["eval/episode_return"])
     assert run_train(1, seed=1, ctce=True)["history"]["loss/guider"][0, 0] != h["loss/guider"][0, 0]
+
+
+@pytest.mark.parametrize("module", [ms, mm, ctds], ids=["sable", "mat", "ctds"])
+def test_microbatches_give_the_minibatch_gradient(module):
+    """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
+    minibatch) trains the same run as one pass over it, up to float rounding: the same losses on every
+    update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences."""
+    runs = []
+    for microbatch_size in (None, 4):
+        args = module.Args(**TINY, num_seeds=1, microbatch_size=microbatch_size)
+        assert args.microbatch_sequences == (16 if microbatch_size is None else 4)
+        train = fast_jit(jax.vmap(module.make_train(args, envs.make(args.env_id))))
+        runs.append(jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1))))
+    whole, micro = runs
+    for k in ("loss/guider", "loss/value", "loss/entropy", "loss/actor", "loss/kl", "loss/first_ratio_dev"):
+        np.testing.assert_allclose(micro["history"][k], whole["history"][k], rtol=1e-3, atol=1e-6, err_msg=k)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                           micro["actor"], whole["actor"])
 
 
 def test_learner_learns_coordsum_with_aligned_replays():
