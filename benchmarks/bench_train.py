@@ -68,6 +68,18 @@ def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: lis
     return steps / run_s, compile_s, run_s
 
 
+def describe_cpu() -> str:
+    """Model, clock, cache and widest vector unit (machines of one kind differ from day to day)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    flags = info.get("flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{info.get('model name', '?')}, {float(info.get('cpu MHz', 0)):.0f} MHz, cache {info.get('cache size', '?')}, {vector}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scripts", nargs="+",
@@ -80,7 +92,7 @@ def main():
                         help="compare each N-seed call with N 1-seed runs one after another")
     opts = parser.parse_args()
     device = jax.devices()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
+    print(f"machine: {describe_cpu()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
           f"device {device.platform}:{device.device_kind}")
     if opts.set:
         print(f"flags: {' '.join(opts.set)}")
