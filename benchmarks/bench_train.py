@@ -77,7 +77,8 @@ def describe_cpu() -> str:
     info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     flags = info.get("flags", "").split()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{info.get('model name', '?')}, {float(info.get('cpu MHz', 0)):.0f} MHz, cache {info.get('cache size', '?')}, {vector}"
+    mhz = float(info.get("cpu MHz", 0))
+    return f"{info.get('model name', '?')}, {mhz:.0f} MHz, cache {info.get('cache size', '?')}, {vector}"
 
 
 def main():
