@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,12 +48,15 @@ def parse_flags(items, defaults) -> dict:
     return flags
 
 
-def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: list[str], first_seed: int = 0):
+def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: list[str], first_seed: int = 0,
+            repeats: int = 1):
+    """-> (SPS, compile s, run s) of `updates` updates; with `repeats` > 1 the compiled run is called
+    that many times and the median is kept."""
     script_name, _, flags = spec.partition(":")
     script = importlib.import_module(script_name)
     defaults = script.Args()
     flags = parse_flags([f for f in flags.split(",") if f] + overrides, defaults)
-    args = script.Args(**{**flags, "env_id": env_id, "num_seeds": num_seeds, "num_evals": 1, "num_eval_episodes": 4})
+    args = script.Args(**{"num_evals": 1, "num_eval_episodes": 4, **flags, "env_id": env_id, "num_seeds": num_seeds})
     args = dataclasses.replace(args, total_timesteps=updates * args.steps_per_update)
     env = envs.make(env_id)
     train = jax.jit(jax.vmap(script.make_train(args, env)))
@@ -61,9 +65,12 @@ def measure(spec: str, env_id: str, num_seeds: int, updates: int, overrides: lis
     t0 = time.perf_counter()
     compiled = train.lower(keys, seeds).compile()
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(keys, seeds))
-    run_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(keys, seeds))
+        times.append(time.perf_counter() - t0)
+    run_s = statistics.median(times)
     steps = num_seeds * args.num_updates * args.steps_per_update
     return steps / run_s, compile_s, run_s
 
