@@ -92,10 +92,10 @@ def main():
     print(f"machine: {describe_cpu()}, {os.cpu_count()} CPUs; ours: jax {jax.__version__}", flush=True)
     print(f"{'algo':<7}{'env':<19}{'round':>6}{'ours SPS':>11}{'reference SPS':>15}{'ours / ref':>12}", flush=True)
     for algo in opts.algos:
+        _, _, spec, flags = ALGOS[algo]
         for env_id in opts.ids:
             ratios = []
             for r in range(opts.rounds):
-                _, _, spec, flags = ALGOS[algo]
                 ours, _, _ = measure(spec, env_id, 1, opts.updates, flags + ["num_eval_episodes=1"],
                                      repeats=opts.windows - 1)
                 ref = measure_reference(reference, algo, env_id, opts.updates, opts.windows)

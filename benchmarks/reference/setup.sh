@@ -5,8 +5,8 @@
 #   bash benchmarks/reference/setup.sh [DIR]        # DIR defaults to .reference (git-ignored)
 #
 # Mava's pyproject cannot be installed as is: five of its dependencies come from git (gigastep,
-# id-marl-eval, smaclite, a JaxMARL fork) or bring MuJoCo (brax). None of them is used by rec_mappo /
-# rec_ippo on CoordSum or RWARE, so the PyPI ones are installed pinned (jax < 0.7, as Mava pins it)
+# id-marl-eval, smaclite, a JaxMARL fork) or bring MuJoCo (brax). None of them is used by rec_mappo,
+# rec_ippo or mat on CoordSum or RWARE, so the PyPI ones are installed pinned (jax < 0.7, as Mava pins it)
 # and the others are replaced by empty stubs that only satisfy the imports.
 set -euo pipefail
 DIR=${1:-.reference}
