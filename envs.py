@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,13 +125,15 @@ class MultiAgentEnv(abc.ABC):
         return (key, *self._reset(reset_key))
 
     def _views(self, raw: _RawObs) -> tuple[jax.Array, jax.Array]:
-        eye = jnp.eye(self.num_agents, dtype=jnp.float32)
+        eye = np.eye(self.num_agents, dtype=np.float32)
         obs = raw.obs.astype(jnp.float32)
         if self.add_agent_id:
             obs = jnp.concatenate([obs, eye], axis=-1)
-        state = jnp.broadcast_to(raw.state.astype(jnp.float32), (self.num_agents, raw.state.shape[-1]))
         # The agent id on the global state lets one shared critic give each agent its own value.
-        global_state = jnp.concatenate([state, eye], axis=-1)
+        # Written as (state, 0 ... 0) + (0 ... 0, id), one fused add: XLA:CPU's concatenate of a
+        # broadcast costs 4x as much (1.5 against 0.35 us per env-step on rware-tiny-4ag).
+        state = jnp.pad(raw.state.astype(jnp.float32), (0, self.num_agents))
+        global_state = state + np.pad(eye, ((0, 0), (raw.state.shape[-1], 0)))
         return obs, global_state
 
     def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:
@@ -637,38 +640,43 @@ class Connector(MultiAgentEnv):
         self.action_dim = 1
         self.metric_name = "win_rate"
         self.metric_is_return = False
+        self._table = self._perspective_table()
         self._finish_init()
 
-    def _perspectives(self, grid: jax.Array) -> jax.Array:
-        """jumanji's grid (G, G) int32 -> every agent's view (A, G, G, 5) float32.
+    def _perspective_table(self) -> np.ndarray:
+        """(A, V, 5) float32: what a cell holding jumanji's value v (0 .. 3A) shows to each viewer.
 
         jumanji encodes agent j's path, head and target as 3j + 1, 3j + 2, 3j + 3 (0 is empty).
+        Computed once in numpy (labels (k + 1) / A in float64, rounded once, as Mava's numpy is),
+        so that a view is one gather: 3-4x faster than deriving the five channels per cell.
         """
         n = self.num_agents
-        occupied = grid > 0
-        owner = (grid - 1) // 3  # whose path, head or target the cell holds
-        kind = (grid - 1) % 3  # 0 path, 1 head, 2 target
-        # The owner's place after the viewer in cyclic order, for every viewer: (A, G, G).
-        rank = (owner[None] - jnp.arange(n)[:, None, None]) % n
-        label = (rank + 1).astype(jnp.float32) / n
-        head = occupied & (kind == 1)
-        target = occupied & (kind == 2)
-        path = jnp.broadcast_to(occupied & (kind == 0), rank.shape)
-        own = rank == 0
+        value = np.arange(3 * n + 1)
+        owner, kind = (value - 1) // 3, (value - 1) % 3
+        occupied = value > 0
+        head, target, path = occupied & (kind == 1), occupied & (kind == 2), occupied & (kind == 0)
+        # The owner's place after the viewer in cyclic order, for every viewer: (A, V).
+        rank = (owner[None] - np.arange(n)[:, None]) % n
+        label = (rank + 1) / n
         channels = (
-            jnp.where(head, label, 0.0),
-            jnp.where(target, label, 0.0),
-            path.astype(jnp.float32),
-            (head & own).astype(jnp.float32),
-            (target & own).astype(jnp.float32),
+            np.where(head, label, 0.0),
+            np.where(target, label, 0.0),
+            np.broadcast_to(path, rank.shape),
+            head & (rank == 0),
+            target & (rank == 0),
         )
-        return jnp.stack(channels, axis=-1)
+        return np.stack(channels, axis=-1).astype(np.float32)
+
+    def _perspectives(self, grid: jax.Array) -> jax.Array:
+        """jumanji's grid (G, G) int32 -> every agent's view (A, G * G * 5) float32."""
+        views = jnp.take(self._table, grid.reshape(-1), axis=1, mode="clip")  # (A, G * G, 5)
+        return views.reshape(self.num_agents, -1)
 
     def _observe(self, observation) -> _RawObs:
         views = self._perspectives(observation.grid)
         return _RawObs(
-            obs=views.reshape(self.num_agents, -1),
-            state=views[0, ..., :3].reshape(-1),
+            obs=views,
+            state=views[0].reshape(-1, 5)[:, :3].reshape(-1),
             action_mask=observation.action_mask,
         )
 

@@ -3,19 +3,27 @@
     python benchmarks/bench_envs.py                 # one task per family, 64 envs x 128 steps
     python benchmarks/bench_envs.py --ids rware-tiny-4ag --repeats 9
 
-Both sides run the same jitted program: `vmap` over the environments of a `lax.scan` over the steps,
-with uniformly random legal actions (uniform in the box for MPE). Each repeat continues from the
-state the previous one ended in (so long episodes do end and reset, as in training); the first call
-(compilation and warm-up) is not timed; the repeats of the three sides are interleaved, and the
-table gives the median over the repeats.
+Every side runs the same jitted program: `vmap` over the environments of a `lax.scan` over the
+steps, with uniformly random legal actions (uniform in the box for MPE), keeping what the env
+returns (its state and its observation) from step to step. Each repeat continues from the state the
+previous one ended in (so long episodes do end and reset, as in training); the first call
+(compilation and warm-up) is not timed; the repeats of all sides are interleaved, and the table
+gives the median over the repeats.
 
-"bare" is the environment underneath, stepped as its library steps it:
-- jumanji (RWARE, LBF, Connector): `env.step` alone. jumanji's envs do not reset themselves; a
-  finished episode just keeps stepping. The extra column "bare+AR" adds jumanji's own
-  `AutoResetWrapper`, whose `lax.cond` becomes a select under `vmap` and so resets every step.
-- jaxmarl (SMAX, MPE): `env.step`, which auto-resets (computing a reset on every step).
-- CoordSum: the adapter's own `_step` without the base class (no ids, no bookkeeping, no reset).
-"overhead" = bare SPS / wrapped SPS - 1 (negative: the wrapped env is faster).
+The bare environment underneath, three ways:
+- "bare": the library's public step. jumanji (RWARE, LBF, Connector): `env.step`, which does not
+  reset (a finished episode just keeps stepping), so it is a bound, not a usable environment.
+  jaxmarl (SMAX, MPE): `env.step`, which auto-resets, computing a reset on every step. CoordSum:
+  the adapter's own `_step` without the base class (no ids, no bookkeeping, no reset).
+- "bare+AR": the library's own auto-reset. jumanji's `AutoResetWrapper` (its `lax.cond` becomes a
+  select under `vmap`, so it too resets every step); for jaxmarl the same as "bare".
+- "bare+resets": the step without reset, and the library's own reset for exactly the environments
+  whose episode ended, on the step it ended (done environments gathered into one batched reset:
+  the least a continuously running bare env can do). jumanji: `env.step` then `env.reset`;
+  jaxmarl: `env.step_env` then `env.reset`; CoordSum: `_step` then `_reset`.
+"overhead" = baseline SPS / wrapped SPS - 1 (negative: the wrapped env is faster), against "bare"
+and against "bare+resets": what the wrapper adds on top of stepping and resetting the env (views
+with agent ids, the global state, episode bookkeeping, flags and metric).
 """
 
 from __future__ import annotations
@@ -67,7 +75,20 @@ def wrapped_program(env):
     return init, step
 
 
-def bare_coordsum(env_id):
+def with_resets(step, reset, done):
+    """`step` followed by `reset` for exactly the environments whose episode ended."""
+    reset_where = envs._make_reset_where(reset)
+
+    def step_and_reset(carry, key):
+        step_key, reset_key = jax.random.split(key)
+        carry = step(carry, step_key)
+        finished = done(carry)
+        return reset_where(finished, finished, reset_key, carry)
+
+    return step_and_reset
+
+
+def bare_coordsum(env_id, resets=False):
     env = envs.make(env_id)
 
     def init(key):
@@ -79,10 +100,12 @@ def bare_coordsum(env_id):
         inner, raw, *_ = env._step(step_key, inner, legal_random(act_key, raw.action_mask))
         return inner, raw
 
+    if resets:
+        step = with_resets(step, env._reset, lambda carry: carry[0].step_count >= env.time_limit)
     return init, step
 
 
-def bare_jumanji(env_id, auto_reset=False):
+def bare_jumanji(env_id, auto_reset=False, resets=False):
     from jumanji.wrappers import AutoResetWrapper
 
     wrapped = envs.make(env_id)
@@ -95,10 +118,41 @@ def bare_jumanji(env_id, auto_reset=False):
         state, ts = carry
         return env.step(state, legal_random(key, ts.observation.action_mask))
 
+    if resets:
+        step = with_resets(step, env.reset, lambda carry: carry[1].last())
     return init, step
 
 
-def bare_smax(map_name):
+def bare_jaxmarl(env, random_actions, resets=False):
+    """jaxmarl's `env.step` (which auto-resets), or `step_env` and exact resets."""
+
+    def init(key):
+        return env.reset(key)
+
+    def step(carry, key):
+        obs, state = carry
+        act_key, step_key = jax.random.split(key)
+        actions = random_actions(act_key, state)
+        step_fn = env.step_env if resets else env.step
+        obs, state, _, dones, _ = step_fn(step_key, state, actions)
+        return (obs, state), dones["__all__"]
+
+    def step_obs_state(carry, key):
+        return step(carry, key)[0]
+
+    if not resets:
+        return init, step_obs_state
+
+    def step_and_done(carry, key):  # the done flag travels with the carry, for `with_resets`
+        (obs, state), done = step(carry[:2], key)
+        return obs, state, done
+
+    reset = lambda key: (*env.reset(key), jnp.bool_(False))
+    program_step = with_resets(step_and_done, reset, lambda carry: carry[2])
+    return (lambda key: (*init(key), jnp.bool_(False))), program_step
+
+
+def bare_smax(map_name, resets=False):
     import jaxmarl
     from jaxmarl.environments.smax import map_name_to_scenario
 
@@ -110,22 +164,16 @@ def bare_smax(map_name):
         attack_mode="closest",
     )
 
-    def init(key):
-        obs, state = env.reset(key)
-        return state
-
-    def step(state, key):
-        act_key, step_key = jax.random.split(key)
+    def random_actions(key, state):
         avail = env.get_avail_actions(state)
         mask = jnp.stack([avail[a] for a in env.agents]).astype(bool)
-        actions = legal_random(act_key, mask)
-        _, state, *_ = env.step(step_key, state, {a: actions[i] for i, a in enumerate(env.agents)})
-        return state
+        actions = legal_random(key, mask)
+        return {a: actions[i] for i, a in enumerate(env.agents)}
 
-    return init, step
+    return bare_jaxmarl(env, random_actions, resets)
 
 
-def bare_mpe(num_agents):
+def bare_mpe(num_agents, resets=False):
     import jaxmarl
 
     env = jaxmarl.make(
@@ -137,31 +185,27 @@ def bare_mpe(num_agents):
     )
     dim = env.action_space(env.agents[0]).shape[0]
 
-    def init(key):
-        obs, state = env.reset(key)
-        return state
+    def random_actions(key, state):
+        actions = jax.random.uniform(key, (num_agents, dim))
+        return {a: actions[i] for i, a in enumerate(env.agents)}
 
-    def step(state, key):
-        act_key, step_key = jax.random.split(key)
-        actions = jax.random.uniform(act_key, (num_agents, dim))
-        _, state, *_ = env.step(step_key, state, {a: actions[i] for i, a in enumerate(env.agents)})
-        return state
-
-    return init, step
+    return bare_jaxmarl(env, random_actions, resets)
 
 
-def bare_program(env_id, auto_reset=False):
+def bare_program(env_id, kind="bare"):
+    """kind: "bare", "bare+AR" or "bare+resets" (see the module's docstring)."""
     family, _, task = env_id.partition("-")
+    resets = kind == "bare+resets"
     if family == "coordsum":
-        return None if auto_reset else bare_coordsum(env_id)
+        return None if kind == "bare+AR" else bare_coordsum(env_id, resets)
     if family in ("rware", "lbf", "connector"):
-        return bare_jumanji(env_id, auto_reset)
-    if auto_reset:
+        return bare_jumanji(env_id, auto_reset=kind == "bare+AR", resets=resets)
+    if kind == "bare+AR":
         return None  # jaxmarl's bare step already auto-resets
     if family == "smax":
-        return bare_smax(task)
+        return bare_smax(task, resets)
     if family == "mpe":
-        return bare_mpe(int(task.removeprefix("simple_spread_").removesuffix("ag")))
+        return bare_mpe(int(task.removeprefix("simple_spread_").removesuffix("ag")), resets)
     raise ValueError(env_id)
 
 
@@ -229,25 +273,38 @@ def main():
         f"({getattr(device, 'device_kind', '?')}); {args.num_envs} envs x {args.num_steps} steps, "
         f"median of {args.repeats}"
     )
-    header = f"{'id':26s} {'bare SPS':>10s} {'bare+AR':>10s} {'wrapped SPS':>12s} {'overhead':>9s}"
+    kinds = ["bare", "bare+AR", "bare+resets", "wrapped"]
+    header = (
+        f"{'id':24s} {'bare':>9s} {'bare+AR':>9s} {'bare+resets':>12s} {'wrapped':>9s} "
+        f"{'vs bare':>8s} {'vs bare+resets':>15s}"
+    )
     print(header)
     print("-" * len(header))
     for env_id in args.ids:
-        bare, bare_err = build(lambda: bare_program(env_id), args)
-        bare_ar, _ = build(lambda: bare_program(env_id, auto_reset=True), args)
-        wrapped, wrapped_err = build(lambda: wrapped_program(envs.make(env_id)), args)
-        runners = [r for r in (bare, bare_ar, wrapped) if r]
+        runners, errors = {}, []
+        for kind in kinds:
+            if kind == "wrapped":
+                runners[kind], error = build(lambda: wrapped_program(envs.make(env_id)), args)
+            else:
+                runners[kind], error = build(lambda: bare_program(env_id, kind), args)
+            errors += [error] if error else []
         # Interleaved repeats, so that a change in the machine's load hits all sides alike.
         for _ in range(args.repeats):
-            for runner in runners:
-                runner.time()
-        sps = [r.sps() if r else None for r in (bare, bare_ar, wrapped)]
-        fmt = lambda x: f"{x:10,.0f}" if x else f"{'-':>10s}"
-        overhead = f"{sps[0] / sps[2] - 1:+9.1%}" if sps[0] and sps[2] else f"{'-':>9s}"
-        print(f"{env_id:26s} {fmt(sps[0])} {fmt(sps[1])} {fmt(sps[2]):>12s} {overhead}", flush=True)
-        for error in (bare_err, wrapped_err):
-            if error:
-                print(f"    ({error})")
+            for runner in runners.values():
+                if runner:
+                    runner.time()
+        sps = {kind: runner.sps() if runner else None for kind, runner in runners.items()}
+        fmt = lambda x, w: f"{x:{w},.0f}" if x else f"{'-':>{w}s}"
+        over = lambda base, w: (
+            f"{sps[base] / sps['wrapped'] - 1:+{w}.1%}" if sps[base] and sps["wrapped"] else f"{'-':>{w}s}"
+        )
+        print(
+            f"{env_id:24s} {fmt(sps['bare'], 9)} {fmt(sps['bare+AR'], 9)} {fmt(sps['bare+resets'], 12)} "
+            f"{fmt(sps['wrapped'], 9)} {over('bare', 8)} {over('bare+resets', 15)}",
+            flush=True,
+        )
+        for error in errors:
+            print(f"    ({error})")
 
 
 if __name__ == "__main__":

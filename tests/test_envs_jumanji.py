@@ -300,6 +300,15 @@ def mava_agents_view(grid, num_agents):
     return np.stack(views).astype(np.float32)
 
 
+def test_connector_views_are_exactly_mavas_with_ten_agents():
+    # The views from a lookup table, for ten agents too (labels k / 10, inexact in float32).
+    env = envs.make("connector-10x10x10a")
+    state, ts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), 4))
+    for b in range(4):
+        grid = np.asarray(state.inner.grid[b])
+        np.testing.assert_array_equal(np.asarray(ts.obs[b]).reshape(10, 10, 10, 5), mava_agents_view(grid, 10))
+
+
 def test_connector_views_and_ends_along_random_episodes():
     env = envs.make("connector-7x7x5a")
     G, N, B, T = 7, 5, 8, 30
