@@ -79,12 +79,12 @@ def with_resets(step, reset, done):
     """`step` followed by `reset` for exactly the environments whose episode ended."""
     reset_where = envs._make_reset_where(reset)
 
-    def step_and_reset(carry, key):
-        step_key, reset_key = jax.random.split(key)
-        carry = step(carry, step_key)
+    def step_and_reset(carry, key, reset_key):
+        carry = step(carry, key)
         finished = done(carry)
         return reset_where(finished, finished, reset_key, carry)
 
+    step_and_reset.takes_reset_key = True
     return step_and_reset
 
 
@@ -223,10 +223,17 @@ class Runner:
         def start(key):
             return jax.vmap(init)(jax.random.split(key, num_envs))
 
+        # Each env-step gets two keys, drawn outside the program alike for every side: one for the
+        # step (actions, and the env where it is random), one that only "bare+resets" uses, so
+        # that its resets cost it no extra key split.
+        if not getattr(step, "takes_reset_key", False):
+            step = lambda carry, key, _, step=step: step(carry, key)
+
         @jax.jit
         def run(carry, key):
             def body(carry, step_key):
-                return jax.vmap(step)(carry, jax.random.split(step_key, num_envs)), None
+                keys = jax.random.split(step_key, (2, num_envs))
+                return jax.vmap(step)(carry, keys[0], keys[1]), None
 
             carry, _ = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
             return carry
