@@ -57,6 +57,7 @@ def legal_random(key, mask):
 
 # --------------------------------------------------------------------------------------------------
 # One "program" per side: init(key) -> carry for one env; step(carry, key) -> carry
+# ("bare+resets": step(carry, key, reset_key) -> carry)
 # --------------------------------------------------------------------------------------------------
 def wrapped_program(env):
     def init(key):
