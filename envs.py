@@ -111,6 +111,7 @@ class MultiAgentEnv(abc.ABC):
         """Read the observation sizes off one abstract reset (no computation happens)."""
         self._reset_where = _make_reset_where(self._new_episode)
         _, raw = jax.eval_shape(self._reset, jax.random.PRNGKey(0))
+        raw = jax.eval_shape(self._expand, raw)
         ids = self.num_agents if self.add_agent_id else 0
         self.obs_dim = raw.obs.shape[-1] + ids
         self.state_dim = raw.state.shape[-1] + self.num_agents
@@ -124,7 +125,15 @@ class MultiAgentEnv(abc.ABC):
         key, reset_key = jax.random.split(key)
         return (key, *self._reset(reset_key))
 
+    def _expand(self, raw: _RawObs) -> _RawObs:
+        """What `_reset` and `_step` return -> the agents' views. The identity, except where an
+        adapter returns a compact observation (Connector: its grid) and builds the far larger
+        views here, after the automatic reset has picked between the stepped and the new episode,
+        so that the reset never gathers or scatters the large views."""
+        return raw
+
     def _views(self, raw: _RawObs) -> tuple[jax.Array, jax.Array]:
+        raw = self._expand(raw)
         eye = np.eye(self.num_agents, dtype=np.float32)
         obs = raw.obs.astype(jnp.float32)
         if self.add_agent_id:
@@ -673,12 +682,13 @@ class Connector(MultiAgentEnv):
         return views.reshape(self.num_agents, -1)
 
     def _observe(self, observation) -> _RawObs:
-        views = self._perspectives(observation.grid)
-        return _RawObs(
-            obs=views,
-            state=views[0].reshape(-1, 5)[:, :3].reshape(-1),
-            action_mask=observation.action_mask,
-        )
+        # Compact: the grid (G, G); `_expand` turns it into the views once per step.
+        return _RawObs(obs=observation.grid, state=None, action_mask=observation.action_mask)
+
+    def _expand(self, raw: _RawObs) -> _RawObs:
+        views = self._perspectives(raw.obs)
+        state = views[0].reshape(-1, 5)[:, :3].reshape(-1)
+        return _RawObs(obs=views, state=state, action_mask=raw.action_mask)
 
     def _reset(self, key):
         inner, timestep = self._env.reset(key)
