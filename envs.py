@@ -78,7 +78,9 @@ class MultiAgentEnv(abc.ABC):
     `_step(key, inner, actions) -> (inner, _RawObs, reward (A,), terminated (), metric ())`, where
     `metric` is the task metric were the episode to end at this step (ignored when
     `metric_is_return`, the metric then being the episode return). It also sets the static facts
-    below in `__init__`, then calls `_finish_init()`.
+    below in `__init__`, then calls `_finish_init()`. An adapter whose views are large next to what
+    they are built from may return the compact form from `_reset` and `_step` and build the views
+    in `_expand` (Connector).
     """
 
     env_id: str
