@@ -95,7 +95,7 @@ class MultiAgentEnv(abc.ABC):
     metric_name: str = "episode_return"  # what `episode_metric` is
     metric_is_return: bool = True
     add_agent_id: bool = True
-    step_uses_key: bool = True  # False where `_step` is deterministic (jumanji's): no key drawn per step
+    step_uses_key: bool = True  # False where `_step` is deterministic: no key drawn per step
     obs_dim: int  # D
     state_dim: int  # G
 

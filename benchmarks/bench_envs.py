@@ -126,31 +126,20 @@ def bare_jumanji(env_id, auto_reset=False, resets=False):
 
 def bare_jaxmarl(env, random_actions, resets=False):
     """jaxmarl's `env.step` (which auto-resets), or `step_env` and exact resets."""
+    step_fn = env.step_env if resets else env.step
 
-    def init(key):
-        return env.reset(key)
+    def init(key):  # the episode's done flag travels with the carry, for `with_resets`
+        return (*env.reset(key), jnp.bool_(False))
 
     def step(carry, key):
-        obs, state = carry
+        obs, state, _ = carry
         act_key, step_key = jax.random.split(key)
-        actions = random_actions(act_key, state)
-        step_fn = env.step_env if resets else env.step
-        obs, state, _, dones, _ = step_fn(step_key, state, actions)
-        return (obs, state), dones["__all__"]
+        obs, state, _, dones, _ = step_fn(step_key, state, random_actions(act_key, state))
+        return obs, state, dones["__all__"]
 
-    def step_obs_state(carry, key):
-        return step(carry, key)[0]
-
-    if not resets:
-        return init, step_obs_state
-
-    def step_and_done(carry, key):  # the done flag travels with the carry, for `with_resets`
-        (obs, state), done = step(carry[:2], key)
-        return obs, state, done
-
-    reset = lambda key: (*env.reset(key), jnp.bool_(False))
-    program_step = with_resets(step_and_done, reset, lambda carry: carry[2])
-    return (lambda key: (*init(key), jnp.bool_(False))), program_step
+    if resets:
+        step = with_resets(step, init, lambda carry: carry[2])
+    return init, step
 
 
 def bare_smax(map_name, resets=False):
@@ -304,11 +293,14 @@ def main():
         sps = {kind: runner.sps() if runner else None for kind, runner in runners.items()}
         fmt = lambda x, w: f"{x:{w},.0f}" if x else f"{'-':>{w}s}"
         over = lambda base, w: (
-            f"{sps[base] / sps['wrapped'] - 1:+{w}.1%}" if sps[base] and sps["wrapped"] else f"{'-':>{w}s}"
+            f"{sps[base] / sps['wrapped'] - 1:+{w}.1%}"
+            if sps[base] and sps["wrapped"]
+            else f"{'-':>{w}s}"
         )
         print(
-            f"{env_id:24s} {fmt(sps['bare'], 9)} {fmt(sps['bare+AR'], 9)} {fmt(sps['bare+resets'], 12)} "
-            f"{fmt(sps['wrapped'], 9)} {over('bare', 8)} {over('bare+resets', 15)}",
+            f"{env_id:24s} {fmt(sps['bare'], 9)} {fmt(sps['bare+AR'], 9)} "
+            f"{fmt(sps['bare+resets'], 12)} {fmt(sps['wrapped'], 9)} "
+            f"{over('bare', 8)} {over('bare+resets', 15)}",
             flush=True,
         )
         for error in errors:

@@ -306,7 +306,8 @@ def test_connector_views_are_exactly_mavas_with_ten_agents():
     state, ts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), 4))
     for b in range(4):
         grid = np.asarray(state.inner.grid[b])
-        np.testing.assert_array_equal(np.asarray(ts.obs[b]).reshape(10, 10, 10, 5), mava_agents_view(grid, 10))
+        views = np.asarray(ts.obs[b]).reshape(10, 10, 10, 5)
+        np.testing.assert_array_equal(views, mava_agents_view(grid, 10))
 
 
 def test_connector_views_and_ends_along_random_episodes():
