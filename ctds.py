@@ -186,6 +186,8 @@ def check_args(args: Args) -> None:
         raise ArgError(f"--lam must be non-negative, got {args.lam}")
     if args.embed_dim % (2 * args.n_head):
         raise ArgError(f"--embed-dim {args.embed_dim} must be an even multiple of --n-head {args.n_head}")
+    if (args.embed_dim // args.n_head) % args.n_head:  # Mava's group norm: n_head groups in every head
+        raise ArgError(f"--embed-dim {args.embed_dim} / --n-head {args.n_head} must be a multiple of --n-head")
     if not 0 <= args.decay_scaling_factor <= 1:
         raise ArgError(f"--decay-scaling-factor must lie in [0, 1], got {args.decay_scaling_factor}")
     if args.rollout_length % args.chunk_size:
@@ -363,8 +365,12 @@ class Retention(nn.Module):
         shape = (self.width, self.width)  # all heads' projections side by side
         self.w_q, self.w_k, self.w_v, self.w_g, self.w_o = (
             self.param(n, init, shape) for n in ("w_q", "w_k", "w_v", "w_g", "w_o"))
-        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (self.width,))
-        self.norm_bias = self.param("norm_bias", nn.initializers.zeros, (self.width,))
+        # NOTE(paper vs official code): Mava's group norm (flax GroupNorm(num_groups=n_head) applied
+        # to each head's hs features) normalises groups of hs / n_head features inside a head, with
+        # one scale and bias of hs entries shared by all heads; matched here (n_head = 1: per head).
+        head_size = self.width // self.n_head
+        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (head_size,))
+        self.norm_bias = self.param("norm_bias", nn.initializers.zeros, (head_size,))
 
     def heads(self, x):  # (B, L, M) -> (B, L, nh, hs)
         return x.reshape(*x.shape[:-1], self.n_head, self.width // self.n_head)
@@ -377,18 +383,21 @@ class Retention(nn.Module):
         B, L, _ = x.shape
         steps = L // self.num_agents
         position = positional_encoding(jnp.repeat(step_count, L // step_count.shape[1], axis=1), self.width)
+        # The encoded position is added to keys, values and queries; the output gate reads the
+        # encoded keys too (Mava re-binds `key` to key + pe before its gate `x = key`).
+        keyed = x + position
         if query is x:  # self-retention: one matrix product for q, k and v
-            qkv = flat_matmul(x + position, jnp.concatenate([self.w_q, self.w_k, self.w_v], 1))
+            qkv = flat_matmul(keyed, jnp.concatenate([self.w_q, self.w_k, self.w_v], 1))
             q, k, v = jnp.split(qkv, 3, axis=-1)
         else:  # cross-retention: one for k and v
             q = flat_matmul(query + position, self.w_q)
-            k, v = jnp.split(flat_matmul(x + position, jnp.concatenate([self.w_k, self.w_v], 1)), 2, axis=-1)
+            k, v = jnp.split(flat_matmul(keyed, jnp.concatenate([self.w_k, self.w_v], 1)), 2, axis=-1)
         q, k, v = self.heads(q), self.heads(k), self.heads(v)
         kappa = jnp.asarray(self.decay, jnp.float32)  # (nh,)
         if not chunkwise:
             hidden = hidden + jnp.einsum("blhd,blhe->bhde", k, v)
             retained = jnp.einsum("blhd,bhde->blhe", q, hidden)
-            return self.output(x, retained), hidden
+            return self.output(keyed, retained), hidden
         # RetNet's chunkwise form, in blocks of s steps (about 64 tokens): inside a block a product
         # masked by the decay matrix, across blocks the state carries the past, so the work grows
         # linearly with the chunk length. Decay matrices come from a cumulative sum of the resets.
@@ -417,16 +426,17 @@ class Retention(nn.Module):
         # The state entering a block reaches its step t decayed by κ^(t+1), up to the block's first reset.
         xi = jnp.where((episode == 0)[..., None], kappa ** (t + 1.0)[:, None], 0.0)  # (B, n, l, nh)
         cross = jnp.einsum("bjlhd,bjhde->bjlhe", q, jnp.moveaxis(entering, 0, 1)) * xi[..., None]
-        return self.output(x, (inner + cross).reshape(B, L, nh, hs)), hidden
+        return self.output(keyed, (inner + cross).reshape(B, L, nh, hs)), hidden
 
-    def output(self, x, retained):
-        """Per-head normalisation (RetNet's group norm), the swish gate on the key/value input, and
-        the output projection."""
-        mean = retained.mean(-1, keepdims=True)
-        var = retained.var(-1, keepdims=True)
-        retained = ((retained - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(x.shape)
-        retained = retained * self.norm_scale + self.norm_bias
-        return flat_matmul(nn.swish(flat_matmul(x, self.w_g)) * retained, self.w_o)
+    def output(self, keyed, retained):
+        """Group normalisation of the retained values (see `setup`), the swish gate on the encoded
+        keys, and the output projection. retained (B, L, nh, hs)."""
+        groups = retained.reshape(*retained.shape[:-1], self.n_head, -1)  # (B, L, nh, groups, hs / groups)
+        mean = groups.mean(-1, keepdims=True)
+        var = groups.var(-1, keepdims=True)
+        retained = ((groups - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(retained.shape)
+        retained = (retained * self.norm_scale + self.norm_bias).reshape(keyed.shape)
+        return flat_matmul(nn.swish(flat_matmul(keyed, self.w_g)) * retained, self.w_o)
 
 
 class EncodeBlock(nn.Module):
@@ -677,6 +687,14 @@ def clipped_value_loss(value, old_value, targets, clip_eps):
 
 def normalize(x):
     return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def keep_best(best_params, best_return, params, mean_return):
+    """The best evaluation checkpoint so far, for the absolute metric. Ties go to the later
+    checkpoint, as in Mava (rec_magpo.py replaces its best with `<=`)."""
+    better = mean_return >= best_return
+    best_params = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), best_params, params)
+    return best_params, jnp.maximum(mean_return, best_return)
 
 
 # CTDS's two objectives. Symbols: μ = teacher (the guider), π = students (the actor), μ_old = the
@@ -930,11 +948,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ EVALUATE
             key, eval_key, guider_key = jax.random.split(runner.key, 3)
             returns, metrics = evaluate(deployed(runner.params), eval_key, args.num_eval_episodes)
-            better = returns.mean() > runner.best_return
-            best_actor = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b),
-                                                runner.best_actor, deployed(runner.params))
-            runner = runner._replace(key=key, best_actor=best_actor,
-                                     best_return=jnp.maximum(returns.mean(), runner.best_return))
+            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params), returns.mean())
+            runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()
             for k in ("loss/first_ratio_dev", "loss/first_actor_ratio_dev"):

@@ -14,7 +14,7 @@ carries the reward of the last step of the finished episode, that episode's `epi
 for the flags of consecutive timesteps. The learner feeds `reset` to its recurrent state and `done`
 to GAE; they are two different flags on purpose (see JaxMARL PR #191).
 
-Shapes: A agents, D observation features (the agent's own view plus a one-hot agent id, except
+Shapes: A agents, D observation features (a one-hot agent id, then the agent's own view, except
 for Connector, whose view already identifies the agent), G global-state features, K discrete
 actions (for continuous tasks K = action_dim and the mask is all True).
 
@@ -39,8 +39,8 @@ import numpy as np
 # The interface
 # --------------------------------------------------------------------------------------------------
 class TimeStep(NamedTuple):
-    obs: jax.Array  # (A, D) float32: each agent's own observation (+ one-hot agent id)
-    global_state: jax.Array  # (A, G) float32: the state for a centralised critic, per agent (+ id)
+    obs: jax.Array  # (A, D) float32: (one-hot agent id +) each agent's own observation
+    global_state: jax.Array  # (A, G) float32: the state for a centralised critic (no agent id)
     action_mask: jax.Array  # (A, K) bool: True where the action is legal
     reward: jax.Array  # (A,) float32: the team reward each agent receives for the last step
     reset: jax.Array  # () bool: this observation is the first of an episode
@@ -116,7 +116,7 @@ class MultiAgentEnv(abc.ABC):
         raw = jax.eval_shape(self._expand, raw)
         ids = self.num_agents if self.add_agent_id else 0
         self.obs_dim = raw.obs.shape[-1] + ids
-        self.state_dim = raw.state.shape[-1] + self.num_agents
+        self.state_dim = raw.state.shape[-1]
         assert raw.obs.shape[0] == self.num_agents and raw.action_mask.shape == (
             self.num_agents,
             self.num_actions,
@@ -138,13 +138,12 @@ class MultiAgentEnv(abc.ABC):
         raw = self._expand(raw)
         eye = np.eye(self.num_agents, dtype=np.float32)
         obs = raw.obs.astype(jnp.float32)
-        if self.add_agent_id:
-            obs = jnp.concatenate([obs, eye], axis=-1)
-        # The agent id on the global state lets one shared critic give each agent its own value.
-        # Written as (state, 0 ... 0) + (0 ... 0, id), one fused add: XLA:CPU's concatenate of a
-        # broadcast costs 4x as much (1.5 against 0.35 us per env-step on rware-tiny-4ag).
-        state = jnp.pad(raw.state.astype(jnp.float32), (0, self.num_agents))
-        global_state = state + np.pad(eye, ((0, 0), (raw.state.shape[-1], 0)))
+        if self.add_agent_id:  # the one-hot id first, as Mava's AgentIDWrapper puts it
+            obs = jnp.concatenate([jnp.broadcast_to(eye, (*obs.shape[:-1], self.num_agents)), obs], axis=-1)
+        # NOTE(paper vs official code): the global state carries no agent id, as in Mava (its
+        # AgentIDWrapper adds ids to `agents_view` only), so MAPPO's shared critic gives every agent
+        # of a step the same value, as the paper's runs did.
+        global_state = jnp.broadcast_to(raw.state.astype(jnp.float32), (self.num_agents, raw.state.shape[-1]))
         return obs, global_state
 
     def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:
@@ -291,61 +290,69 @@ def _make_reset_where(reset_fn: Callable) -> Callable:
 class CoordSumState(NamedTuple):
     step_count: jax.Array  # () int32
     target: jax.Array  # () int32: the target of the current step
-    counts: jax.Array  # (M, K) int32: how often agent 0 chose each action for each target value
+    counts: jax.Array  # (K, K) int32: how often agent 0 chose each action, per target (clamped to K - 1)
 
 
 class CoordSum(MultiAgentEnv):
     """N agents each pick an integer in 0..K-1; the team is rewarded when the integers sum to the
     step's target, and twice as much when an opponent fails to guess agent 0's integer.
 
-    Every step a target is drawn uniformly from 0..M-1 (M = K in the paper's tasks). The opponent
-    guesses that agent 0 plays what it played most often for this target earlier in the episode
-    (no history: 0; ties: the smallest action). Reward, the same for all agents: 2 if the sum hits
-    the target and the guess misses, 1 if the sum hits and the guess hits, 0 otherwise. 100 steps.
+    Every step a target is drawn uniformly from 0..M-1 (M = K in the paper's tasks; the `-30`,
+    `-50`, ... ids are the released code's variants with M = 30, 50, ...). The opponent guesses
+    that agent 0 plays what it played most often for this target earlier in the episode (no
+    history: 0; ties: the smallest action). Reward, the same for all agents: 2 if the sum hits the
+    target and the guess misses, 1 if the sum hits and the guess hits, 0 otherwise. 100 steps.
 
-    Observation (the same for every agent, before its one-hot id): the target and the step count
-    divided by the episode length.
+    Observation (the same for every agent, before its one-hot id): the raw target, as the released
+    env gives it. Ids ending in `-clock` add the step count divided by the episode length
+    (Appendix B's wording). Global state: the agents' observations side by side (N copies).
     """
 
     family = "coordsum"
 
     def __init__(self, env_id: str, num_agents: int, num_actions: int, num_targets: int | None = None,
-                 episode_length: int = 100):
+                 episode_length: int = 100, clock: bool = False):
         self.env_id = env_id
         self.num_agents = num_agents
         self.num_actions = num_actions
         self.action_dim = 1
         self.num_targets = num_targets or num_actions
         self.time_limit = episode_length
+        self.clock = clock
         self._finish_init()
 
     def _observe(self, target: jax.Array, step_count: jax.Array) -> _RawObs:
-        # NOTE(paper vs official code): the released env hands the networks the raw target (an
-        # integer, not normalised, not one-hot) and keeps the step count out of the agents' view;
-        # Appendix B says the agents observe the step count too. We keep the raw target and add the
-        # step count, scaled to [0, 1] so that it does not dwarf the other inputs.
-        own = jnp.stack([target.astype(jnp.float32), step_count / self.time_limit])
-        obs = jnp.broadcast_to(own, (self.num_agents, 2))
+        # NOTE(paper vs official code): Appendix B says the agents observe the step count; the
+        # released env (mava/coordsum/env.py, CoordSumWrapper) gives them the raw target alone and
+        # hands the step count to Sable's positional encoding only. A clock every agent sees is
+        # shared randomness: decentralised agents can then coordinate time-varying choices the
+        # guesser cannot follow (mappo.py, short run: 111.1 +- 6.2 with it, 107.6 +- 2.0 without),
+        # which is what §3 says they cannot do. The released observation is the default; `-clock`
+        # ids keep Appendix B's variant.
+        own = target.astype(jnp.float32)[None]
+        if self.clock:
+            own = jnp.concatenate([own, (step_count / self.time_limit)[None]])
+        obs = jnp.broadcast_to(own, (self.num_agents, own.shape[0]))
         mask = jnp.ones((self.num_agents, self.num_actions), bool)
-        return _RawObs(obs=obs, state=own, action_mask=mask)
+        return _RawObs(obs=obs, state=obs.reshape(-1), action_mask=mask)
 
     def _reset(self, key):
         target = jax.random.randint(key, (), 0, self.num_targets, jnp.int32)
-        counts = jnp.zeros((self.num_targets, self.num_actions), jnp.int32)
+        counts = jnp.zeros((self.num_actions, self.num_actions), jnp.int32)
         inner = CoordSumState(jnp.int32(0), target, counts)
         return inner, self._observe(target, inner.step_count)
 
     def _step(self, key, inner: CoordSumState, actions):
         actions = actions.astype(jnp.int32)
         hits_target = actions.sum() == inner.target
-        history = inner.counts[inner.target]
-        guess = jnp.argmax(history)  # argmax returns the first maximum: the smallest action on ties
+        # The released env keeps num_actions history rows indexed by the target, so in the
+        # -30/-50/... variants every target at or above num_actions - 1 shares the last row (JAX
+        # clamps the index); matched with an explicit clamp. With M = K it is one row per target.
+        row = jnp.minimum(inner.target, self.num_actions - 1)
+        guess = jnp.argmax(inner.counts[row])  # argmax returns the first maximum: the smallest action on ties
         guessed = guess == actions[0]
         reward = jnp.where(hits_target, jnp.where(guessed, 1.0, 2.0), 0.0)
-        # NOTE(paper vs official code): one history row per target value. The released env keeps
-        # num_actions rows indexed by the target, so for its -30/-50/... variants every target at
-        # or above num_actions-1 shares the last row (JAX clamps out-of-range indices).
-        counts = inner.counts.at[inner.target, actions[0]].add(1)
+        counts = inner.counts.at[row, actions[0]].add(1)
         step_count = inner.step_count + 1
         target = jax.random.randint(key, (), 0, self.num_targets, jnp.int32)
         terminated = step_count >= self.time_limit  # the task is 100 steps long: a real end
@@ -355,9 +362,10 @@ class CoordSum(MultiAgentEnv):
 
 
 def _make_coordsum(env_id: str, task: str) -> MultiAgentEnv:
+    task, clock = task.removesuffix("-clock"), task.endswith("-clock")
     shape, _, targets = task.partition("-")
     num_agents, num_actions = (int(x) for x in shape.split("x"))
-    return CoordSum(env_id, num_agents, num_actions, int(targets) if targets else None)
+    return CoordSum(env_id, num_agents, num_actions, int(targets) if targets else None, clock=clock)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -920,7 +928,9 @@ _MAKERS: dict[str, Callable[[str, str], MultiAgentEnv]] = {
 
 def make(env_id: str) -> MultiAgentEnv:
     """Build the environment `env_id` (one of `ENV_IDS`), with the paper's settings."""
-    if env_id not in ENV_IDS:
+    # CoordSum's Appendix-B variant: any CoordSum id + "-clock" (the step count observed too)
+    base = env_id.removesuffix("-clock") if env_id.startswith("coordsum-") else env_id
+    if base not in ENV_IDS:
         close = difflib.get_close_matches(env_id, ENV_IDS, n=len(ENV_IDS), cutoff=0.0)
         raise UnknownEnvError(
             f"unknown env id {env_id!r}; valid ids, closest first: {', '.join(close)}"

@@ -358,6 +358,14 @@ def normalize(x):
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
+def keep_best(best_params, best_return, params, mean_return):
+    """The best evaluation checkpoint so far, for the absolute metric. Ties go to the later
+    checkpoint, as in Mava (rec_magpo.py replaces its best with `<=`)."""
+    better = mean_return >= best_return
+    best_params = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), best_params, params)
+    return best_params, jnp.maximum(mean_return, best_return)
+
+
 # ==================================================================================================
 # Training
 # ==================================================================================================
@@ -549,11 +557,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ EVALUATE
             key, eval_key = jax.random.split(runner.key)
             returns, metrics = evaluate(runner.params.actor, eval_key, args.num_eval_episodes)
-            better = returns.mean() > runner.best_return
-            best_actor = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b),
-                                                runner.best_actor, runner.params.actor)
-            runner = runner._replace(key=key, best_actor=best_actor,
-                                     best_return=jnp.maximum(returns.mean(), runner.best_return))
+            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, runner.params.actor, returns.mean())
+            runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()
             summary["loss/first_ratio_dev"] = train_metrics["loss/first_ratio_dev"].max()

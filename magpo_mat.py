@@ -89,23 +89,25 @@ class Args:
     """parallel training environments per seed (the paper: 64 envs x update_batch_size 2)"""
     rollout_length: int = 128
     """steps collected from each environment per update"""
-    num_minibatches: int = 2
-    """minibatches per PPO epoch, split along environments (must divide num_envs * chunks)"""
-    ppo_epochs: int = 4
+    num_minibatches: int = 1
+    """minibatches per PPO epoch, split along environments (must divide num_envs * chunks); MAT's
+    default is Mava's mat.yaml (5 epochs x 1 minibatch, lr 5e-4, clip 0.1, gradient norm 5): the
+    paper takes MAGPO's base settings from its guider's CTCE method"""
+    ppo_epochs: int = 5
     """passes over each rollout"""
-    lr: float = 2.5e-4
+    lr: float = 5e-4
     """Adam learning rate (actor and critic, as the paper's configurations use one value for both)"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
     """GAE lambda. NOTE(paper vs official code): the paper's Table 2 says 0.9; its code used 0.95"""
-    clip_eps: float = 0.2
+    clip_eps: float = 0.1
     """PPO clip epsilon (also clips the value update, as Mava does)"""
     ent_coef: float = 0.01
     """entropy bonus coefficient"""
     vf_coef: float = 0.5
     """value loss coefficient. NOTE(paper vs official code): the paper says 0.1; its code used 0.5"""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = 5.0
     """global gradient norm clip, per network"""
     num_evals: int = 122
     """evaluation checkpoints, evenly spaced over training"""
@@ -577,6 +579,14 @@ def normalize(x):
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
+def keep_best(best_params, best_return, params, mean_return):
+    """The best evaluation checkpoint so far, for the absolute metric. Ties go to the later
+    checkpoint, as in Mava (rec_magpo.py replaces its best with `<=`)."""
+    better = mean_return >= best_return
+    best_params = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), best_params, params)
+    return best_params, jnp.maximum(mean_return, best_return)
+
+
 # MAGPO's two objectives (§4.1). Symbols: μ = guider, π = actor (the learner), μ_old = the guider that
 # collected the data; log_prob = log μ(a|·), actor_log_prob = log π(a|o), old_log_prob = log μ_old(a|·)
 # of the taken action a, each agent's μ conditioned on the actions of the agents before it;
@@ -858,11 +868,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ EVALUATE
             key, eval_key, guider_key = jax.random.split(runner.key, 3)
             returns, metrics = evaluate(deployed(runner.params), eval_key, args.num_eval_episodes, args.ctce)
-            better = returns.mean() > runner.best_return
-            best_actor = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b),
-                                                runner.best_actor, deployed(runner.params))
-            runner = runner._replace(key=key, best_actor=best_actor,
-                                     best_return=jnp.maximum(returns.mean(), runner.best_return))
+            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params), returns.mean())
+            runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()
             for k in ("loss/first_ratio_dev", "loss/first_actor_ratio_dev"):

@@ -13,7 +13,7 @@ import envs
 from helpers import fast_jit
 
 ONE_PER_FAMILY = [
-    "coordsum-3x10",
+    "coordsum-3x10-clock",
     "rware-tiny-4ag",
     "lbf-8x8-2p-2f-coop",
     "connector-5x5x3a",
@@ -115,11 +115,12 @@ def test_family_under_jit_and_vmap(env_id):
     else:
         assert actions.shape == (T, E, A, env.action_dim)
 
-    # the one-hot agent id sits at the end of each agent's observation and global state
+    # the one-hot agent id opens each agent's observation (as Mava's AgentIDWrapper puts it); the
+    # global state carries none: every agent of a step sees the same one (as in Mava)
     eye = np.eye(A, dtype=np.float32)
     if env.add_agent_id:
-        np.testing.assert_array_equal(ts.obs[..., -A:], np.broadcast_to(eye, (T, E, A, A)))
-    np.testing.assert_array_equal(ts.global_state[..., -A:], np.broadcast_to(eye, (T, E, A, A)))
+        np.testing.assert_array_equal(ts.obs[..., :A], np.broadcast_to(eye, (T, E, A, A)))
+    np.testing.assert_array_equal(ts.global_state, np.broadcast_to(ts.global_state[..., :1, :], ts.global_state.shape))
 
     # flags: the input at t starts an episode exactly when the step before ended one
     dones = np.concatenate([ts.done[1:], last.done[None]], 0)  # dones[t]: the step taken from ts[t]
@@ -153,20 +154,22 @@ def test_family_under_jit_and_vmap(env_id):
         running_length[d] = 0
 
     # auto-reset: the observation returned with a done is a first observation, equal in law to reset's
-    # (checked here on the step count that CoordSum exposes; other families test it in their files)
-    if env.family == "coordsum":
-        np.testing.assert_array_equal(outputs.obs[..., 1][dones], 0.0)
+    # (checked here on the step count of CoordSum's clock variant; other families test it in their files)
+    if env.family == "coordsum" and env.clock:
+        np.testing.assert_array_equal(outputs.obs[..., -1][dones], 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
 # CoordSum rules against a plain-Python reference
 # --------------------------------------------------------------------------------------------------
 def reference_coordsum_rewards(targets, actions, num_actions):
-    """Appendix B in plain Python: one episode; targets (T,), actions (T, N) -> rewards (T,)."""
-    history = {}  # target -> counts of agent 0's actions for it
+    """Appendix B in plain Python: one episode; targets (T,), actions (T, N) -> rewards (T,). The
+    history rows are the released env's: one per target, targets >= num_actions - 1 sharing the last
+    (which only the -30/-50/... variants reach)."""
+    history = {}  # history row -> counts of agent 0's actions for it
     rewards = []
     for target, acts in zip(targets, actions):
-        counts = history.setdefault(int(target), [0] * num_actions)
+        counts = history.setdefault(min(int(target), num_actions - 1), [0] * num_actions)
         best = max(counts)
         guess = counts.index(best)  # the smallest action among the most frequent; 0 when empty
         if sum(acts) == target:
@@ -254,10 +257,35 @@ def test_coordsum_guesser_by_hand():
     assert got == [1, 2, 2, 1, 0, 2, 2]
 
 
-def test_coordsum_observation_is_target_and_step_count():
+def test_coordsum_variant_targets_above_the_actions_share_one_history_row():
+    """coordsum-3x10-30 as the released env: its history has 10 rows indexed by the target, so 12
+    and 25 read the row of 9; agent 0's 7 for target 12 is the guess for target 25."""
+    env = envs.make("coordsum-3x10-30")
+    state, _ = env.reset(jax.random.PRNGKey(0))
+    got = []
+    for target, acts in zip([12, 25], [[7, 3, 2], [7, 9, 9]]):
+        state = state._replace(inner=state.inner._replace(target=jnp.int32(target)))
+        state, ts = env.step(state, jnp.array(acts, jnp.int32))
+        got.append(float(ts.reward[0]))
+    assert got == [2.0, 1.0]  # one row per target would give [2, 2]
+
+
+def test_coordsum_observation_is_the_released_one_the_target_alone():
+    """As mava/coordsum/env.py and CoordSumWrapper: each agent sees its id and the raw target; the
+    global state is the agents' observations side by side; no agent sees the step count."""
     env, (targets, actions, ts) = scripted_coordsum("coordsum-3x10", hit_the_target_often, 150)
-    # ts[t] is the observation after step t: the next target and the step count (t+1) % 100 / 100
-    np.testing.assert_array_equal(ts.obs[:-1, :, 0], np.broadcast_to(targets[1:, None], (149, 3)))
-    steps_after = (np.arange(1, 151) % 100) / 100
-    np.testing.assert_allclose(ts.obs[:, 0, 1], steps_after, rtol=1e-6)
-    assert env.obs_dim == 2 + 3
+    # ts[t] is the observation after step t: the id, then the next target
+    assert env.obs_dim == 3 + 1 and env.state_dim == 3
+    np.testing.assert_array_equal(ts.obs[:, :, :3], np.broadcast_to(np.eye(3), (150, 3, 3)))
+    np.testing.assert_array_equal(ts.obs[:-1, :, 3], np.broadcast_to(targets[1:, None], (149, 3)))
+    np.testing.assert_array_equal(ts.global_state[:-1], np.broadcast_to(targets[1:, None, None], (149, 3, 3)))
+
+
+def test_coordsum_clock_variant_adds_the_step_count():
+    env, (targets, actions, ts) = scripted_coordsum("coordsum-3x10-clock", hit_the_target_often, 150)
+    # the step count after step t is (t + 1) % 100, divided by the episode length
+    assert env.obs_dim == 3 + 2 and env.state_dim == 3 * 2
+    np.testing.assert_array_equal(ts.obs[:-1, :, 3], np.broadcast_to(targets[1:, None], (149, 3)))
+    np.testing.assert_allclose(ts.obs[:, 0, 4], (np.arange(1, 151) % 100) / 100, rtol=1e-6)
+    with pytest.raises(envs.UnknownEnvError):
+        envs.make("rware-tiny-4ag-clock")

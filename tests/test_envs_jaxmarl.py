@@ -48,8 +48,8 @@ def test_smax_maps_have_their_units_actions_and_state_size():
         assert (env.num_agents, env.num_enemies) == (allies, enemies), task
         assert env.num_actions == 5 + enemies and env.action_dim == 1 and not env.continuous
         # jaxmarl's world state: 10 features per unit (health, x, y, cooldown, 6 type bits), then
-        # every unit's team and type; plus our one-hot agent id
-        assert env.state_dim == 10 * units + 2 * units + allies, task
+        # every unit's team and type (no agent id, as in Mava)
+        assert env.state_dim == 10 * units + 2 * units, task
         assert env.obs_dim == 13 * (units - 1) + 10 + allies, task  # 13 features per other unit
         assert env.time_limit == 101 and env.metric_name == "win_rate" and not env.metric_is_return
 
@@ -174,7 +174,7 @@ def test_smax_action_mask_allows_exactly_the_possible_actions(smax_first_episode
 def test_smax_fixed_map_units_and_start_positions(smax_first_episodes):
     env, _, _, first, _ = smax_first_episodes
     U, A = env.num_agents + env.num_enemies, env.num_agents
-    world = np.asarray(first.global_state[:, 0, :-A])  # (envs, world state)
+    world = np.asarray(first.global_state[:, 0])  # (envs, world state)
     types, teams = world[:, -U:], world[:, -2 * U : -U]
     # 2s3z: 2 stalkers (type 2) and 3 zealots (type 3) a side
     np.testing.assert_array_equal(types, np.broadcast_to([2, 2, 3, 3, 3] * 2, types.shape))
@@ -210,7 +210,7 @@ def test_smacv2_maps_draw_units_and_positions_every_episode():
     env = envs.make("smax-smacv2_5_units")
     U, A = 10, 5
     _, ts = fast_jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 32))
-    world = np.asarray(ts.global_state[:, 0, :-A])
+    world = np.asarray(ts.global_state[:, 0])
     types = world[:, -U:].astype(int)
     assert ((types >= 0) & (types < 6)).all()
     assert len({tuple(t) for t in types[:, :A]}) > 16  # the allies' unit types vary
@@ -231,7 +231,7 @@ def test_mpe_ids_agents_landmarks_and_action_box():
         assert (env.action_low, env.action_high) == (-1.0, 1.0)
         # own velocity and position, landmarks, other agents' positions and (silent) messages
         assert env.obs_dim == 4 + 2 * n + 2 * (n - 1) + 2 * (n - 1) + n
-        assert env.state_dim == n * (env.obs_dim - n) + n  # all agents' views, concatenated
+        assert env.state_dim == n * (env.obs_dim - n)  # all agents' views (without ids), concatenated
         assert env.time_limit == 26 and env.metric_is_return
 
 
@@ -278,7 +278,7 @@ def test_mpe_reward_mixes_own_collisions_and_landmark_coverage_half_and_half():
     pos = pos.at[2].set(inner.p_pos[0] + jnp.array([1.0, 1.0]))
     state = state._replace(inner=inner.replace(p_pos=pos))
     _, ts = fast_jit(env.step)(state, jnp.zeros((3, 5)))
-    obs = np.asarray(ts.obs)
+    obs = np.asarray(ts.obs)[:, 3:]  # after the one-hot ids
     agents = obs[:, 2:4]  # own positions
     landmarks = agents[0] + obs[0, 4:10].reshape(3, 2)  # landmarks relative to agent 0
     coverage = -np.linalg.norm(landmarks[:, None] - agents[None], axis=-1).min(1).sum()
@@ -316,7 +316,7 @@ def test_mpe_actions_are_clipped_to_minus_one_one_and_minus_one_acts():
     push[2, :, 1] = -7.0  # beyond the box: the same as -1
     push[3, :, 2] = 1.0  # "right" at +1: the same push
     _, ts = step(state, jnp.asarray(push))
-    velocity_x = np.asarray(ts.obs[:, :, 0])
+    velocity_x = np.asarray(ts.obs[:, :, 3])  # the first feature after the 3 one-hot ids
     np.testing.assert_allclose(velocity_x[2], velocity_x[1], atol=1e-6)
     np.testing.assert_allclose(velocity_x[3], velocity_x[1], atol=1e-6)
     assert (velocity_x[1] > velocity_x[0] + 0.3).all()

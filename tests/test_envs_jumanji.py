@@ -279,7 +279,7 @@ def test_connector_settings_follow_the_id(env_id):
     assert env.time_limit == {5: 25, 7: 49, 10: 100, 15: 225}[grid] == env._env.time_limit
     assert type(env._env._generator) is LegacyRandomWalkGenerator  # v2's task distribution
     assert not env.add_agent_id and env.obs_dim == grid * grid * 5
-    assert env.state_dim == grid * grid * 3 + agents
+    assert env.state_dim == grid * grid * 3
     assert env.metric_name == "win_rate" and not env.metric_is_return
 
 

@@ -166,6 +166,43 @@ def test_chunkwise_retention_carries_the_same_state_as_the_recurrent_form(masked
     np.testing.assert_allclose(state, hidden, atol=1e-4)
 
 
+def test_retention_output_is_mavas_formula_gate_on_encoded_keys_and_group_norm():
+    """One recurrent step of cross-retention from a zero state, re-derived as Mava's
+    MultiScaleRetention computes it: the position added to key, query and value; per head
+    q (k^T v); flax's GroupNorm(num_groups=n_head) over each head's features (so groups of
+    hs / n_head features, one scale and bias shared by the heads); the gate swish(key + pe)."""
+    import flax.linen as nn
+
+    B, L, M, nh, A = 2, 3, 16, 2, 3
+    hs = M // nh
+    retention = ms.Retention(M, nh, (0.9, 0.6), A, masked=True)
+    rng = np.random.default_rng(4)
+    x, query = (jnp.array(rng.normal(size=(B, L, M)), jnp.float32) for _ in range(2))
+    step_count = jnp.array([[3], [11]], jnp.int32)
+    hidden0 = jnp.zeros((B, nh, hs, hs))
+    params = randomised(retention.init(jax.random.PRNGKey(0), x, query, hidden0, None, step_count, False),
+                        jax.random.PRNGKey(1))
+    out, _ = retention.apply(params, x, query, hidden0, None, step_count, False)
+
+    p = params["params"]
+    pe = ms.positional_encoding(jnp.repeat(step_count, L, axis=1), M)
+    key, q_in = x + pe, query + pe
+    heads = []
+    for h in range(nh):
+        cols = slice(h * hs, (h + 1) * hs)
+        q, k, v = q_in @ p["w_q"][:, cols], key @ p["w_k"][:, cols], key @ p["w_v"][:, cols]
+        heads.append(q @ (jnp.swapaxes(k, 1, 2) @ v))
+    ret = jnp.concatenate(heads, -1)
+    norm = nn.GroupNorm(num_groups=nh)
+    norm_params = {"params": {"scale": p["norm_scale"], "bias": p["norm_bias"]}}
+    ret = norm.apply(norm_params, ret.reshape(-1, hs)).reshape(ret.shape)
+    expected = (jax.nn.swish(key @ p["w_g"]) * ret) @ p["w_o"]
+    np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-5)
+    # the gate reads the encoded keys: the same keys at another step give another output
+    other, _ = retention.apply(params, x, query, hidden0, None, step_count + 5, False)
+    assert not np.allclose(other, out, atol=1e-3)
+
+
 @pytest.mark.parametrize("algo", [ms, mm], ids=["sable", "mat"])
 def test_guider_sees_all_agents_and_the_learner_only_its_own(algo):
     """The guider is centralised: agent 2's policy moves with agent 0's observation. The learner is
@@ -337,7 +374,7 @@ def test_preset_paper_gives_the_magpo_or_sable_row_and_flags_override():
 
 
 SHARED = ["ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents", "env_action", "compute_gae",
-          "ppo_clip_objective", "clipped_value_loss", "normalize", "make_optimizer", "fmt_time", "parse_args",
+          "ppo_clip_objective", "clipped_value_loss", "normalize", "keep_best", "make_optimizer", "fmt_time", "parse_args",
           "ArgError", "shard_seeds"]
 
 

@@ -171,3 +171,11 @@ def test_magpo_mat_is_magpo_sable_with_another_guider():
             "main", "Transition", "RunnerState"} <= set(shared)
     for name in shared:
         assert inspect.getsource(getattr(mm, name)) == inspect.getsource(getattr(ms, name)), name
+
+
+def test_defaults_are_mavas_mat_configuration():
+    """mava/configs/system/mat/mat.yaml: lr 5e-4, 5 epochs x 1 minibatch, clip 0.1, gradient norm 5
+    (the paper takes MAGPO's base settings from its guider's CTCE method, so MAGPO-MAT shares them)."""
+    args = mm.Args()
+    assert (args.lr, args.ppo_epochs, args.num_minibatches, args.clip_eps, args.max_grad_norm) == (5e-4, 5, 1, 0.1, 5.0)
+    assert (args.gamma, args.gae_lambda, args.ent_coef, args.vf_coef) == (0.99, 0.95, 0.01, 0.5)

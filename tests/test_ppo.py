@@ -88,6 +88,17 @@ def test_clipped_value_loss_by_hand():
     np.testing.assert_allclose(ippo.clipped_value_loss(value, old, target, 0.2), 0.5 * (3.24 + 1) / 2)
 
 
+def test_keep_best_takes_the_later_checkpoint_on_ties():
+    """Mava's absolute metric keeps the latest of equally good checkpoints (its `<=`)."""
+    best = {"w": jnp.zeros(2)}
+    params, ret = mappo.keep_best(best, jnp.float32(-jnp.inf), {"w": jnp.ones(2)}, jnp.float32(3.0))
+    assert float(ret) == 3.0 and (params["w"] == 1).all()
+    params, ret = mappo.keep_best(params, ret, {"w": jnp.full(2, 2.0)}, jnp.float32(3.0))  # a tie
+    assert float(ret) == 3.0 and (params["w"] == 2).all()
+    params, ret = mappo.keep_best(params, ret, {"w": jnp.full(2, 5.0)}, jnp.float32(2.0))  # worse
+    assert float(ret) == 3.0 and (params["w"] == 2).all()
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_masked_actions_are_never_sampled(continuous):
     rng = np.random.default_rng(1)
