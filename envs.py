@@ -97,6 +97,10 @@ class MultiAgentEnv(abc.ABC):
     metric_is_return: bool = True
     add_agent_id: bool = True
     step_uses_key: bool = True  # False where `_step` is deterministic: no key drawn per step
+    # How many steps the step count that the paper's code gave Sable's positional encoding lagged
+    # behind `EnvState.step_count`, floored at 0: max(step_count - sable_step_lag, 0). Mava's
+    # jaxmarl wrapper (SMAX, MPE) lags by one; its jumanji wrappers and CoordSum do not.
+    sable_step_lag: int = 0
     obs_dim: int  # D
     state_dim: int  # G
 
@@ -840,6 +844,10 @@ class Smax(MultiAgentEnv):
     """
 
     family = "smax"
+    # NOTE(paper vs official code): Mava's JaxMarlWrapper (mava/wrappers/jaxmarl.py) stamps each
+    # observation with the step count from *before* the step that produced it, and a reset
+    # observation with 0: Sable saw 0, 0, 1, 2, ... where our step_count is 0, 1, 2, 3, ...
+    sable_step_lag = 1
 
     def __init__(self, env_id: str, map_name: str):
         from jaxmarl.environments.smax import map_name_to_scenario
@@ -934,6 +942,7 @@ class Mpe(MultiAgentEnv):
 
     family = "mpe"
     continuous = True
+    sable_step_lag = 1  # as SMAX's: the same Mava wrapper (see `Smax.sable_step_lag`)
 
     def __init__(self, env_id: str, num_agents: int):
         from jaxmarl.environments.mpe import SimpleSpreadMPE

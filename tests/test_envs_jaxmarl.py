@@ -270,6 +270,14 @@ def test_smacv2_maps_draw_units_and_positions_every_episode():
     assert len({tuple(np.round(r, 3)) for r in x}) == 32
 
 
+def test_sable_step_lag_is_one_on_the_jaxmarl_families_only():
+    # Mava's jaxmarl wrapper stamps an observation with the step count before the step
+    assert envs.make("smax-2s3z").sable_step_lag == 1
+    assert envs.make("mpe-simple_spread_3ag").sable_step_lag == 1
+    assert envs.make("rware-tiny-2ag").sable_step_lag == 0
+    assert envs.make("coordsum-3x10").sable_step_lag == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # MPE simple_spread
 # --------------------------------------------------------------------------------------------------
