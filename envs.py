@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -96,6 +97,10 @@ class MultiAgentEnv(abc.ABC):
     metric_is_return: bool = True
     add_agent_id: bool = True
     step_uses_key: bool = True  # False where `_step` is deterministic: no key drawn per step
+    # How many steps the step count that the paper's code gave Sable's positional encoding lagged
+    # behind `EnvState.step_count`, floored at 0: max(step_count - sable_step_lag, 0). Mava's
+    # jaxmarl wrapper (SMAX, MPE) lags by one; its jumanji wrappers and CoordSum do not.
+    sable_step_lag: int = 0
     obs_dim: int  # D
     state_dim: int  # G
 
@@ -734,13 +739,92 @@ def _make_connector(env_id: str, task: str) -> MultiAgentEnv:
 _JAXMARL_EXTRA_STEP = 1
 
 
+@functools.cache
+def _paper_smax_classes():
+    """-> (PaperSMAX, PaperHeuristicEnemySMAX): jaxmarl 0.2.0's SMAX made to step as the paper's.
+
+    The paper's runs used jaxmarl 0.0.6 from a fork (RuanJohn/JaxMARL, branch jax-05 at 93c462e,
+    which we could not fetch). The fork's public unpin-jax branch and PyPI's jaxmarl 0.0.7 have the
+    same SMAX files, and 0.1.0 differs from them only in a declared observation bound that nothing
+    reads; none of them imports under our jax 0.7.2 (they need brax 0.10.3, and 0.1.0 jax<=0.4.38).
+    So we keep jaxmarl 0.2.0 and put back, in the four methods below, the four rules that changed
+    since. Everything else in SMAX is the same code: maps, unit stats, the SMACv2 unit types and
+    start positions of its (symmetric) maps, the enemy heuristic, attacks, reward, avail actions,
+    world state and the time limit. tests/test_envs_jaxmarl.py checks the result against battles
+    recorded from the fork's code (tests/data/record_smax_fork.py).
+    """
+    from jaxmarl.environments.smax import SMAX, HeuristicEnemySMAX
+    from jaxmarl.environments.smax.heuristic_enemy import create_heuristic_policy
+
+    class PaperSMAX(SMAX):
+        # NOTE(paper vs official code): the four rules below are the paper's jaxmarl, not
+        # jaxmarl 0.2.0's, so that our SMAX battles are the ones the paper's numbers come from.
+
+        def _world_step(self, key, state, actions):
+            # The fork moves every unit by its movement action, dead or alive (0.2.0 keeps dead
+            # units in place). Dead allies may only stop (their mask), but a dead enemy walks on:
+            # its heuristic reads its all-zero view as standing at (0, 0) with no one in sight and
+            # heads for its default target, which takes it north or east to the map's edge, unseen
+            # yet pushing living units aside on the way (`_push_units_away`). Attacks and cooldowns
+            # are 0.2.0's code, unchanged: both versions aim from the positions before the move.
+            stepped = super()._world_step(key, state, actions)
+            velocity = self.unit_type_velocities[state.unit_types][:, None]
+            moved = state.unit_positions + actions[0] * velocity * self.time_per_step
+            moved = jnp.clip(moved, 0.0, jnp.array([self.map_width, self.map_height]))
+            return stepped.replace(unit_positions=moved)
+
+        def _push_units_away(self, state, firmness: float = 1.0):
+            # The fork resolves overlaps between every pair of units, the dead included: dead
+            # units are pushed and push (0.2.0: living pairs only, and the dead never move). Each
+            # unit moves away from each unit it overlaps, by half the overlap (relative to the
+            # distance) times their offset.
+            offset = state.unit_positions[:, None] - state.unit_positions[None, :]  # (U, U, 2)
+            distance = jnp.linalg.norm(offset, axis=-1) + jnp.identity(self.num_agents) + 1e-6
+            radius = self.unit_type_radiuses[state.unit_types]
+            overlap = jax.nn.relu((radius[:, None] + radius[None, :]) / distance - 1.0)
+            push = firmness * jnp.sum(offset * overlap[:, :, None], axis=1) / 2
+            return state.replace(unit_positions=state.unit_positions + push)
+
+        def _observe_features(self, state, i, j_idx):
+            # What unit i sees of unit j. The fork shows j's last attack action as its raw index
+            # (0 if j moved or stopped, else 5 + target; 0.2.0 divides it by j's largest action
+            # index) and j's weapon cooldown raw, in seconds: it keeps falling by 1/16 every world
+            # step, so it is negative once the weapon is ready and reaches about -50 by the end of
+            # a battle in which j never fires (0.2.0 divides it by j's full cooldown and clips it
+            # to [0, 1]).
+            features = super()._observe_features(state, i, j_idx)
+            same_team = (i >= self.num_allies) == (j_idx >= self.num_allies)
+            seen = same_team | self.see_enemy_actions
+            features = features.at[5].set(jnp.where(seen, state.prev_attack_actions[j_idx], 0))
+            return features.at[6].set(state.unit_weapon_cooldowns[j_idx])
+
+        def _get_own_features(self, state, i):
+            # A unit's own weapon cooldown, raw as above (all of its features are 0 once dead).
+            features = super()._get_own_features(state, i)
+            cooldown = jnp.where(state.unit_alive[i], state.unit_weapon_cooldowns[i], 0.0)
+            return features.at[3].set(cooldown)
+
+    class PaperHeuristicEnemySMAX(HeuristicEnemySMAX):
+        """jaxmarl's HeuristicEnemySMAX around a PaperSMAX (the same enemy heuristic)."""
+
+        def __init__(self, enemy_shoots=True, attack_mode="closest", **env_kwargs):
+            super().__init__(enemy_shoots=enemy_shoots, attack_mode=attack_mode, **env_kwargs)
+            self._env = PaperSMAX(**env_kwargs)
+            self.heuristic_policy = create_heuristic_policy(
+                self._env, 1, shoot=enemy_shoots, attack_mode=attack_mode
+            )
+
+    return PaperSMAX, PaperHeuristicEnemySMAX
+
+
 class SmaxState(NamedTuple):
-    env: Any  # jaxmarl's HeuristicEnemySMAX state (the battle and the enemy policy's memory)
+    env: Any  # HeuristicEnemySMAX's state (the battle and the enemy policy's memory)
     obs: jax.Array  # (U, D0) float32: every unit's view, allies then enemies, of the current state
 
 
 class Smax(MultiAgentEnv):
-    """SMAX (StarCraft in JAX): the allies, our agents, against jaxmarl's heuristic enemy team.
+    """SMAX (StarCraft in JAX): the allies, our agents, against jaxmarl's heuristic enemy team,
+    with the rules of the jaxmarl that the paper's runs used (see `_paper_smax_classes`).
 
     Agent i is jaxmarl's `ally_i`. Actions per agent (K = 5 + number of enemies): 0-3 move, 4 stop,
     5 + j attack enemy j; the mask is jaxmarl's `get_avail_actions` (dead agents may only stop;
@@ -748,8 +832,19 @@ class Smax(MultiAgentEnv):
     ally: the enemies' health lost this step (as a share of their full health, averaged over the
     enemies) plus 1 on the step the allies win. The episode ends (`terminated`) when one side is
     wiped out, or is cut (`truncated`) after 101 steps. `episode_metric`: 1 if the allies won the
-    battle (every enemy dead, some ally alive), else 0. Global state: jaxmarl's world state (every
-    unit's health, position, cooldown and type, and each unit's team and type).
+    battle (every enemy dead, some ally alive), else 0.
+
+    Observation (before the agent id): 13 features for every other unit, allies first (zeros where
+    that unit is dead or out of sight): health (share of full), position relative to the agent
+    (over its sight range), last movement (x, y), last attack action (its raw index: 0 or 5 +
+    target), weapon cooldown (raw seconds, negative once the weapon is ready), 6 unit-type bits;
+    then the agent's own 10 (zeros once dead): health, position over the map's size, cooldown
+    (raw), type bits. Global state: jaxmarl's world state (every unit's health, position on the map,
+    raw cooldown and type bits, zeros for the dead; then each unit's team and type).
+
+    The paper's jaxmarl differs from 0.2.0's in four rules, all reproduced here: the cooldowns and
+    attack actions the agents see are raw (0.2.0 scales both into [0, 1]); dead units still move
+    (a dead enemy walks on to the map's edge) and still collide with the living (0.2.0: neither).
 
     The SMACv2 maps (`smacv2_*`) draw, every episode, the allies' unit types uniformly from all six
     of jaxmarl's types (the enemies mirror them) and the start positions from SMACv2's "surround or
@@ -757,14 +852,19 @@ class Smax(MultiAgentEnv):
     """
 
     family = "smax"
+    # NOTE(paper vs official code): Mava's JaxMarlWrapper (mava/wrappers/jaxmarl.py) stamps each
+    # observation with the step count from *before* the step that produced it, and a reset
+    # observation with 0: Sable saw 0, 0, 1, 2, ... where our step_count is 0, 1, 2, 3, ...
+    sable_step_lag = 1
 
     def __init__(self, env_id: str, map_name: str):
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+        from jaxmarl.environments.smax import map_name_to_scenario
         from jaxmarl.environments.smax.heuristic_enemy_smax_env import State
 
         # The settings of the paper's codebase (mava/configs/env/smax.yaml); jaxmarl's defaults
         # for the rest (max_steps=100, won_battle_bonus=1, unit-list observations).
-        self._env = HeuristicEnemySMAX(
+        _, PaperHeuristicEnemySMAX = _paper_smax_classes()
+        self._env = PaperHeuristicEnemySMAX(
             scenario=map_name_to_scenario(map_name),
             see_enemy_actions=True,
             walls_cause_death=True,
@@ -850,6 +950,7 @@ class Mpe(MultiAgentEnv):
 
     family = "mpe"
     continuous = True
+    sable_step_lag = 1  # as SMAX's: the same Mava wrapper (see `Smax.sable_step_lag`)
 
     def __init__(self, env_id: str, num_agents: int):
         from jaxmarl.environments.mpe import SimpleSpreadMPE

@@ -3,6 +3,8 @@
 The generic interface (shapes, masks, auto-reset, flags, bookkeeping) is tested in test_envs.py.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +58,8 @@ def test_smax_maps_have_their_units_actions_and_state_size():
 
 def test_smax_steps_exactly_as_jaxmarl_heuristic_enemy_smax():
     """The adapter (which reuses each step's unit views for the enemies' next move) must reproduce
-    jaxmarl's HeuristicEnemySMAX reset/step_env given the same keys and actions."""
+    the HeuristicEnemySMAX it wraps (jaxmarl's, with the paper's rules) reset/step_env given the
+    same keys and actions."""
     env = envs.make("smax-2s3z")
     jm = env._env
     allies = jm.agents
@@ -94,6 +97,53 @@ def test_smax_steps_exactly_as_jaxmarl_heuristic_enemy_smax():
         assert_same(a, b)
     terminated = ours[4]
     assert terminated.any(), "the random allies should have lost within 70 steps"
+
+
+FORK_TRAJECTORIES = os.path.join(os.path.dirname(__file__), "data", "smax_fork_trajectories.npz")
+
+
+def replay_smax(env, battle):
+    """Play the recorded keys and actions of one battle through the adapter's `_reset`/`_step`:
+    -> (first views, state, mask) and, per step, (views, state, mask, reward, terminated)."""
+
+    def run(reset_key, step_keys, actions):
+        inner, raw = env._reset(reset_key)
+
+        def body(inner, xs):
+            key, action = xs
+            inner, raw, reward, terminated, _ = env._step(key, inner, action)
+            return inner, (raw.obs, raw.state, raw.action_mask, reward, terminated)
+
+        first = (raw.obs, raw.state, raw.action_mask)
+        return first, jax.lax.scan(body, inner, (step_keys, actions))[1]
+
+    keys = (battle["reset_key"], battle["step_key"], battle["action"])
+    return jax.device_get(fast_jit(run)(*(jnp.asarray(k) for k in keys)))
+
+
+@pytest.mark.parametrize("task", ["2s3z", "3s_vs_5z", "smacv2_5_units"])
+def test_smax_steps_like_the_papers_jaxmarl(task):
+    """Battles recorded from the jaxmarl fork that the paper's runs used (tests/data/
+    record_smax_fork.py) replay exactly: views, world state, masks, rewards and the battle's end.
+    jaxmarl 0.2.0 unpatched fails this from the first step on which a unit's cooldown or attack
+    shows (it scales them), and later in positions (its dead units neither move nor collide)."""
+    data = np.load(FORK_TRAJECTORIES)
+    battle = {k.split("__", 1)[1]: data[k] for k in data.files if k.startswith(f"{task}__")}
+    env = envs.make(f"smax-{task}")
+    first, (obs, state, mask, reward, terminated) = replay_smax(env, battle)
+    for ours, theirs in zip(first, (battle["obs0"], battle["state0"], battle["mask0"])):
+        assert_same(ours, theirs)
+    # the recorded allies only ever chose legal actions: the masks agree step by step
+    np.testing.assert_array_equal(mask, battle["mask"])
+    np.testing.assert_allclose(obs, battle["obs"], atol=1e-4)
+    np.testing.assert_allclose(state, battle["state"], atol=1e-4)
+    np.testing.assert_allclose(reward, battle["reward"], atol=1e-5)
+    np.testing.assert_array_equal(terminated, battle["done"])  # no time-out within 60 steps
+    world = battle["state"].reshape(len(reward), -1)
+    units = world.shape[-1] // 12
+    dead = world[:, : 10 * units].reshape(len(reward), units, 10)[..., 0] == 0
+    # units of both sides died, so the rules for the dead were exercised
+    assert dead[-1, : env.num_agents].any() and dead[-1, env.num_agents :].any()
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +268,14 @@ def test_smacv2_maps_draw_units_and_positions_every_episode():
     x = world[:, : 10 * U].reshape(-1, U, 10)[..., 1]
     assert (np.abs(x[:, :A] - 8) > 3).any()  # not SMAC's fixed start
     assert len({tuple(np.round(r, 3)) for r in x}) == 32
+
+
+def test_sable_step_lag_is_one_on_the_jaxmarl_families_only():
+    # Mava's jaxmarl wrapper stamps an observation with the step count before the step
+    assert envs.make("smax-2s3z").sable_step_lag == 1
+    assert envs.make("mpe-simple_spread_3ag").sable_step_lag == 1
+    assert envs.make("rware-tiny-2ag").sable_step_lag == 0
+    assert envs.make("coordsum-3x10").sable_step_lag == 0
 
 
 # --------------------------------------------------------------------------------------------------
