@@ -218,6 +218,11 @@ class MultiAgentEnv(abc.ABC):
         )
         return state, timestep, reached
 
+    def position(self, state: EnvState) -> jax.Array:
+        """The step count that the paper's code handed Sable's positional encoding for the current
+        observation: `state.step_count`, lagging by `sable_step_lag` (floored at 0)."""
+        return jnp.maximum(state.step_count - self.sable_step_lag, 0)
+
     @property
     def inner_env(self) -> Any:
         """The jumanji or jaxmarl environment underneath (None for CoordSum), whose own renderer

@@ -783,7 +783,7 @@ def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor, guider: Gui
         def step(carry, step_key):
             env_state, timestep, hidden, finished, returns, metrics = carry
             if centralised:
-                action, _, _, hidden = guider.apply(params, hidden, timestep.obs, timestep.reset, env_state.step_count,
+                action, _, _, hidden = guider.apply(params, hidden, timestep.obs, timestep.reset, env.position(env_state),
                                                     timestep.action_mask, step_key, args.greedy_eval, method=Guider.act)
             else:
                 ts = jax.tree_util.tree_map(lambda x: x[None], timestep)
@@ -843,7 +843,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             def env_step(runner: RunnerState, _):
                 key, action_key = jax.random.split(runner.key)
                 ts = runner.timestep
-                step_count = runner.env_state.step_count
+                step_count = env.position(runner.env_state)
                 action, log_prob, value, guider_hidden = guider.apply(
                     runner.params.guider, runner.guider_hidden, ts.obs, ts.reset, step_count, ts.action_mask,
                     action_key, method=Guider.act)
@@ -878,7 +878,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ CALCULATE ADVANTAGE
             ts = runner.timestep
             last_value = guider.apply(runner.params.guider, runner.guider_hidden, ts.obs, ts.reset,
-                                      runner.env_state.step_count, method=Guider.value)
+                                      env.position(runner.env_state), method=Guider.value)
             dones = jnp.repeat(traj_batch.done[..., None], A, axis=-1)
             advantages, targets = compute_gae(traj_batch.reward, traj_batch.value, dones, last_value,
                                               args.gamma, args.gae_lambda)

@@ -202,7 +202,7 @@ def make_policy(run: Run, greedy: bool) -> Policy:
             return module.zero_guider_hidden(args, num_envs)
 
         def act(params, hidden, timestep, env_state, key):
-            action, _, _, hidden = guider.apply(params, hidden, timestep.obs, timestep.reset, env_state.step_count,
+            action, _, _, hidden = guider.apply(params, hidden, timestep.obs, timestep.reset, env.position(env_state),
                                                 timestep.action_mask, key, greedy, method=module.Guider.act)
             return hidden, action
 

@@ -276,6 +276,16 @@ def test_sable_step_lag_is_one_on_the_jaxmarl_families_only():
     assert envs.make("mpe-simple_spread_3ag").sable_step_lag == 1
     assert envs.make("rware-tiny-2ag").sable_step_lag == 0
     assert envs.make("coordsum-3x10").sable_step_lag == 0
+    # what the guided scripts hand Sable: 0, 0, 1, 2, ... over an MPE episode (0, 1, 2, ... on RWARE)
+    for env_id, expected in (("mpe-simple_spread_3ag", [0, 0, 1, 2]), ("rware-tiny-2ag", [0, 1, 2, 3])):
+        env = envs.make(env_id)
+        state, ts = env.reset(jax.random.PRNGKey(0))
+        seen = [int(env.position(state))]
+        for _ in range(3):
+            state, ts = env.step(state, jnp.zeros((env.num_agents, env.action_dim)) if env.continuous
+                                 else jnp.zeros(env.num_agents, jnp.int32))
+            seen.append(int(env.position(state)))
+        assert seen == expected, env_id
 
 
 # --------------------------------------------------------------------------------------------------
