@@ -4,6 +4,7 @@ CoordSum, --ctce, and the command line."""
 
 import difflib
 import json
+import math
 import subprocess
 import sys
 from functools import lru_cache
@@ -131,6 +132,34 @@ def test_chunkwise_retention_equals_the_recurrent_form_with_resets(continuous):
         value, log_prob = replay(states[start], obs[sl], actions[sl], reset[sl], step_count[sl], mask[sl])
         np.testing.assert_allclose(log_prob, log_probs[sl], atol=2e-4)
         np.testing.assert_allclose(value, values[sl], atol=2e-4)
+
+
+@pytest.mark.parametrize("module", [ms, mm], ids=["sable", "mat"])
+def test_continuous_decoder_token_is_the_squashed_action(module):
+    """As Mava's decoders (mava/networks/utils/sable/decode.py, utils/mat/decode.py): the next agent's
+    decoder reads the previous agent's action as the env got it (the squashed sample: K numbers, no
+    start flag), the first agent zeros, through an action encoder with a bias; the guider's std starts
+    at softplus(0) + 1e-3 (Sable) or softplus(0) (MAT)."""
+    B, A, D, K = 4, 3, 5, 2
+    if module is ms:
+        args, guider = small_guider(True, num_agents=A, num_actions=K)
+        hidden = ms.zero_guider_hidden(args, B)
+    else:
+        guider, hidden = mm.Guider(A, K, True, width=16, n_head=2, n_block=2), ()
+    obs = jax.random.normal(jax.random.PRNGKey(0), (1, B, A, D))
+    no_reset, no_steps, mask = jnp.zeros((1, B), bool), jnp.zeros((1, B), jnp.int32), jnp.ones((1, B, A, K), bool)
+    params = guider.init(jax.random.PRNGKey(1), hidden, obs, jnp.zeros((1, B, A, K)), no_reset, no_steps, mask)
+    encoder = params["params"]["action_encoder"]["layers_0"]
+    assert encoder["kernel"].shape == (K, 16) and encoder["bias"].shape == (16,)
+    action, log_prob, _, _ = guider.apply(params, hidden, obs[0], no_reset[0], no_steps[0], mask[0],
+                                          jax.random.PRNGKey(2), method=module.Guider.act)
+    assert action.shape == (B, A, K) and (np.abs(action) <= 1.0).all()  # squashed, as the env gets them
+    np.testing.assert_array_equal(guider.apply(params, action, method=module.Guider.action_token), action)
+    np.testing.assert_array_equal(guider.apply(params, (B, 1), method=module.Guider.start_token), np.zeros((B, 1, K)))
+    # the training pass reads the same tokens: it gives each agent the log-prob its sampling step gave it
+    _, pi = guider.apply(params, hidden, obs, action[None], no_reset, no_steps, mask)
+    np.testing.assert_allclose(pi.log_prob(action[None])[0], log_prob, atol=1e-5)
+    np.testing.assert_allclose(pi.scale, math.log(2.0) + (1e-3 if module is ms else 0.0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["encoder", "decoder"])
@@ -336,7 +365,7 @@ def test_preset_paper_gives_the_magpo_or_sable_row_and_flags_override():
     assert (sable.embed_dim, sable.ppo_epochs, sable.max_grad_norm, sable.lr) == (64, 15, 5.0, 0.0005)
 
 
-SHARED = ["ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents", "env_action", "compute_gae",
+SHARED = ["TanhNormal", "policy_entropy", "ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents", "env_action", "compute_gae",
           "ppo_clip_objective", "clipped_value_loss", "normalize", "make_optimizer", "fmt_time", "parse_args",
           "ArgError", "shard_seeds"]
 
@@ -347,6 +376,7 @@ def test_shared_sections_are_identical_to_mappo():
 
     for name in SHARED:
         assert inspect.getsource(getattr(ms, name)) == inspect.getsource(getattr(mappo, name)), name
+    assert ms.LOG_PROB_CLIP == mappo.LOG_PROB_CLIP == ctds.LOG_PROB_CLIP == mm.LOG_PROB_CLIP == 0.999
     shared_flags = [l for l in inspect.getsource(mappo.Args).splitlines()]
     magpo_flags = inspect.getsource(ms.Args).splitlines()
     missing = [l for l in difflib.unified_diff(shared_flags, magpo_flags, n=0, lineterm="") if l.startswith("-")
