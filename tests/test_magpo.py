@@ -266,6 +266,18 @@ def test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic():
     assert run_train(1, seed=1, ctce=True)["history"]["loss/guider"][0, 0] != h["loss/guider"][0, 0]
 
 
+def test_continuous_mpe_replays_the_squashed_actions_exactly():
+    """On MPE (continuous actions): the rollout stores the squashed actions and their clipped log-probs,
+    and the update's replays give the same numbers (ratios 1 up to float rounding on each update's first
+    minibatch, the guider's and the learner's); with a small δ the mask is on, and every loss is finite."""
+    h = run_train(1, env_id="mpe-simple_spread_3ag", delta=1.05)["history"]
+    assert (h["loss/first_ratio_dev"] < 1e-5).all(), h["loss/first_ratio_dev"]  # guider: μ/μ_old
+    assert (h["loss/first_actor_ratio_dev"] < 1e-5).all(), h["loss/first_actor_ratio_dev"]  # learner
+    assert (h["magpo/mask_frac"] > 0).any()
+    for k in ("loss/guider", "loss/guider_kl", "loss/entropy", "loss/actor", "loss/kl", "loss/value"):
+        assert np.isfinite(h[k]).all(), k
+
+
 @pytest.mark.parametrize("module", [ms, mm, ctds], ids=["sable", "mat", "ctds"])
 def test_microbatches_give_the_minibatch_gradient(module):
     """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
