@@ -377,7 +377,8 @@ def test_preset_paper_gives_the_magpo_or_sable_row_and_flags_override():
     assert (sable.embed_dim, sable.ppo_epochs, sable.max_grad_norm, sable.lr) == (64, 15, 5.0, 0.0005)
 
 
-SHARED = ["TanhNormal", "policy_entropy", "ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents", "env_action", "compute_gae",
+SHARED = ["TanhNormal", "policy_entropy", "ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents",
+          "env_action", "compute_gae",
           "ppo_clip_objective", "clipped_value_loss", "normalize", "make_optimizer", "fmt_time", "parse_args",
           "ArgError", "shard_seeds"]
 

@@ -116,7 +116,7 @@ def test_masked_actions_are_never_sampled(continuous):
 # --------------------------------------------------------------------------------------------------
 # The continuous policy: Mava's tanh-squashed Normal (mava/networks/heads.py, distributions.py). Every
 # script has the same text (test_magpo, test_ctds and test_magpo_mat check it); the MAT guider's head
-# alone has no min std (test_magpo_mat). The Mava values below were computed by the released code's
+# alone has no min std (test_magpo's decoder-token test). The Mava values below were computed by the released code's
 # TanhTransformedDistribution (tensorflow-probability 0.24, jax 0.4.30, jax_threefry_partitionable on,
 # as jax >= 0.5's default) on the same inputs and key.
 # --------------------------------------------------------------------------------------------------
