@@ -270,22 +270,89 @@ class ScannedGRU(nn.Module):
         return scan(nn.GRUCell(self.hidden_dim), hidden, inputs)
 
 
-class ActionHead(nn.Module):
-    """Masked categorical for discrete tasks; a diagonal Gaussian for continuous ones (MPE).
+LOG_PROB_CLIP = 0.999  # Mava's threshold: log_prob clips actions to [-0.999, 0.999]
 
-    Continuous actions are the Gaussian's raw samples; `env_action` squashes them into the env's
-    box with tanh. Ratios and KLs of the squashed policy equal those of the Gaussian (the tanh
-    Jacobian cancels), so the raw Gaussian is what the losses see."""
+
+class TanhNormal(NamedTuple):
+    """The continuous policy as Mava builds it (mava/networks/distributions.py's
+    TanhTransformedDistribution of a Normal, in a tfd.Independent over the action dimensions): a
+    diagonal Normal(loc, scale) squashed by tanh. Its actions are the squashed samples, in [-1, 1]:
+    what the rollout stores, the guiders' decoders read and the env gets. Batch shape loc.shape[:-1].
+
+    - log_prob clips the action to ±0.999 first; at or beyond the clip it is the log of the Normal's
+      mass beyond ±atanh(0.999), spread over the width 1e-3 (finite and differentiable at ±1);
+      inside, the Normal's log-density at atanh(a) minus log|d tanh/dx| there.
+    - entropy(seed) is Mava's one-sample estimate: the Normal's entropy plus log|d tanh/dx| at one
+      reparameterised draw x ~ Normal, so the bonus also pushes the draws away from saturation.
+    - mode is tanh(loc); the KL is the two Normals', in closed form (what tfd.kl_divergence gives
+      for two such distributions: a KL does not change under the bijection tanh)."""
+
+    loc: jax.Array  # (..., K) the Normal's mean
+    scale: jax.Array  # (..., K) its std
+
+    @staticmethod
+    def tanh_log_det(x):
+        """log|d tanh(x)/dx| = log(1 - tanh(x)^2), in tfb.Tanh's stable form."""
+        return 2.0 * (math.log(2.0) - x - jax.nn.softplus(-2.0 * x))
+
+    def draw(self, seed, sample_shape=()):
+        """A reparameterised draw of the Normal, before tanh (tfd.Normal's, key for key)."""
+        return self.loc + self.scale * jax.random.normal(seed, tuple(sample_shape) + self.loc.shape)
+
+    def sample(self, seed, sample_shape=()):
+        return jnp.tanh(self.draw(seed, sample_shape))
+
+    def log_prob(self, action):
+        a = jnp.clip(action, -LOG_PROB_CLIP, LOG_PROB_CLIP)
+        x = jnp.arctanh(a)
+        normal = -0.5 * jnp.square((x - self.loc) / self.scale) - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi)
+        edge, log_width = jnp.arctanh(jnp.float32(LOG_PROB_CLIP)), math.log(1.0 - LOG_PROB_CLIP)
+        left = jax.scipy.special.log_ndtr((-edge - self.loc) / self.scale) - log_width  # log P(x <= -edge) / 1e-3
+        right = jax.scipy.special.log_ndtr((self.loc - edge) / self.scale) - log_width  # log P(x >= edge) / 1e-3
+        inside = normal - self.tanh_log_det(x)
+        return jnp.where(a <= -LOG_PROB_CLIP, left, jnp.where(a >= LOG_PROB_CLIP, right, inside)).sum(-1)
+
+    def sample_and_log_prob(self, seed):
+        action = self.sample(seed)
+        return action, self.log_prob(action)
+
+    def entropy(self, seed):
+        # NOTE(paper vs official code): the paper's bonus is the policy's entropy; the released code's
+        # is this one-sample estimate of the squashed policy's (noisier, and it penalises saturation)
+        normal = 0.5 * math.log(2 * math.pi * math.e) + jnp.log(self.scale)
+        return (normal + self.tanh_log_det(self.draw(seed))).sum(-1)
+
+    def mode(self):
+        return jnp.tanh(self.loc)
+
+    def kl_divergence(self, other: TanhNormal):
+        """KL(self || other) of the two Normals (tfd's formula), summed over the action dimensions."""
+        diff_log_scale = jnp.log(self.scale) - jnp.log(other.scale)
+        return (0.5 * jnp.square(self.loc / other.scale - other.loc / other.scale)
+                + 0.5 * jnp.expm1(2.0 * diff_log_scale) - diff_log_scale).sum(-1)
+
+
+def policy_entropy(pi, key):
+    """What the entropy bonus maximises: a categorical's entropy, exactly; a TanhNormal's, Mava's
+    one-sample estimate at a draw from `key` (a new key per minibatch, as Mava's update)."""
+    return pi.entropy(seed=key) if isinstance(pi, TanhNormal) else pi.entropy()
+
+
+class ActionHead(nn.Module):
+    """Masked categorical for discrete tasks; for continuous ones (MPE) Mava's ContinuousActionHead:
+    a TanhNormal whose mean is a linear map of the features and whose std, one parameter per action
+    dimension shared by all states, is softplus(log_std) + min_std (log_std starts at 0: std 0.6941)."""
 
     num_actions: int
     continuous: bool
+    min_std: float = 1e-3  # Mava's min_scale (its MAT decoder has none)
 
     @nn.compact
     def __call__(self, x, action_mask):
         if self.continuous:
             mean = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
             log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
-            return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std) * jnp.ones_like(mean))
+            return TanhNormal(mean, (jax.nn.softplus(log_std) + self.min_std) * jnp.ones_like(mean))
         logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
         return distrax.Categorical(logits=jnp.where(action_mask, logits, jnp.finfo(jnp.float32).min))
 
@@ -404,11 +471,13 @@ class Guider(nn.Module):
         self.encoder_blocks = [EncodeBlock(M, self.n_head) for _ in range(self.n_block)]
         self.value_head = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.LayerNorm(),
                                          Dense(1, kernel_init=orthogonal(0.01))])
-        self.action_encoder = nn.Sequential([Dense(M, use_bias=False, kernel_init=orthogonal(math.sqrt(2))), nn.gelu])
+        # a bias for continuous actions only, as Mava's (their start token is zeros)
+        self.action_encoder = nn.Sequential([Dense(M, use_bias=self.continuous, kernel_init=orthogonal(math.sqrt(2))),
+                                             nn.gelu])
         self.decoder_norm = nn.LayerNorm()
         self.decoder_blocks = [DecodeBlock(M, self.n_head) for _ in range(self.n_block)]
         self.policy_torso = nn.Sequential([Dense(M, kernel_init=orthogonal(math.sqrt(2))), nn.gelu, nn.LayerNorm()])
-        self.action_head = ActionHead(self.num_actions, self.continuous)
+        self.action_head = ActionHead(self.num_actions, self.continuous, min_std=0.0)  # Mava's MAT: softplus alone
 
     def encode(self, obs):  # obs (..., A, D) -> value (..., A), obs_rep (..., A, M)
         x = self.encoder_norm(self.obs_encoder(obs))
@@ -416,19 +485,25 @@ class Guider(nn.Module):
             x = block(x)
         return self.value_head(x)[..., 0], x
 
-    def decode(self, previous_action, obs_rep):  # previous_action (..., A, K+1), obs_rep (..., A, M) -> (..., A, M)
+    def decode(self, previous_action, obs_rep):  # previous_action (..., A, K+1 | K), obs_rep (..., A, M) -> (..., A, M)
         x = self.decoder_norm(self.action_encoder(previous_action))
         for block in self.decoder_blocks:
             x = block(x, obs_rep)
         return self.policy_torso(x)
 
     def action_token(self, action):
-        """What the decoder reads about an agent's action: [start flag, one-hot action (discrete) or the
-        squashed action (continuous)]; the first agent of a step reads the start token."""
-        features = jnp.tanh(action) if self.continuous else jax.nn.one_hot(action, self.num_actions)
-        return jnp.concatenate([jnp.zeros_like(features[..., :1]), features], axis=-1)
+        """What the decoder reads about an agent's action, as Mava's decoders: [start flag, one-hot
+        action] (discrete); the squashed action itself, what the env got (continuous). The first agent
+        of a step reads the start token."""
+        if self.continuous:
+            return action
+        one_hot = jax.nn.one_hot(action, self.num_actions)
+        return jnp.concatenate([jnp.zeros_like(one_hot[..., :1]), one_hot], axis=-1)
 
     def start_token(self, shape):
+        """The start flag alone (discrete); zeros (continuous: Mava's, its action encoder has a bias)."""
+        if self.continuous:
+            return jnp.zeros((*shape, self.num_actions))
         return jnp.zeros((*shape, self.num_actions + 1)).at[..., 0].set(1.0)
 
     def __call__(self, hidden, obs, action, reset, step_count, action_mask):
@@ -471,7 +546,7 @@ def map_policy(pi, fn):
     """The same policy with fn applied to its parameters (reshaping its batch axes, stop_gradient)."""
     if isinstance(pi, distrax.Categorical):
         return distrax.Categorical(logits=fn(pi.logits))
-    return distrax.MultivariateNormalDiag(fn(pi.loc), fn(pi.scale_diag))
+    return TanhNormal(fn(pi.loc), fn(pi.scale))
 
 
 def agents_to_batch(x: jax.Array) -> jax.Array:
@@ -485,10 +560,11 @@ def batch_to_agents(x: jax.Array, num_agents: int) -> jax.Array:
 
 
 def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
-    """The policy's action as the environment takes it (continuous: tanh-squashed into the box)."""
+    """The policy's action as the environment takes it (continuous: the squashed action, in [-1, 1],
+    mapped linearly onto the env's box; MPE's box is [-1, 1], so it goes unchanged, as in Mava)."""
     if not env.continuous:
         return action
-    return env.action_low + (jnp.tanh(action) + 1.0) * 0.5 * (env.action_high - env.action_low)
+    return 0.5 * (env.action_high + env.action_low) + 0.5 * (env.action_high - env.action_low) * action
 
 
 # ==================================================================================================
@@ -754,7 +830,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                                               args.gamma, args.gae_lambda)
 
             # ------------------------------------------------------------------ UPDATE NETWORK
-            def loss(params: Params, batch, hidden):
+            def loss(params: Params, batch, hidden, entropy_key):
                 """Eq. 8-9 for the guider plus Eq. 10-11 for the learner, in one pass: each network's
                 terms see the other one through stop_gradient, so the gradients do not mix.
                 `batch` may be a microbatch of the minibatch; its advantages are normalised over the whole."""
@@ -763,7 +839,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 value, guider_pi = guider.apply(params.guider, guider_hidden, traj.obs, traj.action, traj.reset,
                                                 traj.step_count, traj.action_mask)
                 log_prob = guider_pi.log_prob(traj.action)
-                entropy = guider_pi.entropy().mean()
+                entropy = policy_entropy(guider_pi, entropy_key).mean()
                 value_loss = clipped_value_loss(value, traj.value, targets, args.clip_eps)
                 metrics = {"loss/value": value_loss, "loss/entropy": entropy,
                            # max |ratio - 1|: exactly 0 on an update's first minibatch unless the replay
@@ -822,31 +898,38 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
+                # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)
+                entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
 
-                def gather_and_update(carry, indices):
+                def gather_and_update(carry, xs):
+                    indices, entropy_key = xs
                     # The minibatch's gradient is the mean of its equal microbatches' gradients (every
                     # loss term is a mean over samples, the advantages are normalised over the whole
-                    # minibatch): the same gradient, in pieces whose activations can stay in cache.
+                    # minibatch): the same gradient, in pieces whose activations can stay in cache. (A
+                    # continuous guider's entropy estimate draws its samples per microbatch: the same
+                    # estimator with other draws.)
                     micro_indices = indices.reshape(-1, args.microbatch_sequences)
+                    micro_keys = jax.random.split(entropy_key, len(micro_indices))
                     advantages = normalize(sequences(chunks[1], indices))  # (C, minibatch, A)
                     micro_advantages = jnp.moveaxis(advantages.reshape(C, *micro_indices.shape, A), 1, 0)
 
                     def microbatch_gradient(grads, micro):
-                        micro_indices, advantages = micro
+                        micro_indices, advantages, micro_key = micro
                         traj, targets = (jax.tree_util.tree_map(lambda x: sequences(x, micro_indices), chunks[i])
                                          for i in (0, 2))
                         hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, micro_indices, axis=0), seq_hidden)
                         micro_grads, losses = jax.grad(loss, has_aux=True)(
-                            carry[0], (traj, advantages, targets), (hidden[0].reshape(-1, H), hidden[1]))
+                            carry[0], (traj, advantages, targets), (hidden[0].reshape(-1, H), hidden[1]), micro_key)
                         return jax.tree_util.tree_map(jnp.add, grads, micro_grads), losses
 
                     zeros = jax.tree_util.tree_map(jnp.zeros_like, carry[0])
-                    grads, losses = jax.lax.scan(microbatch_gradient, zeros, (micro_indices, micro_advantages))
+                    grads, losses = jax.lax.scan(microbatch_gradient, zeros,
+                                                 (micro_indices, micro_advantages, micro_keys))
                     grads = jax.tree_util.tree_map(lambda g: g / len(micro_indices), grads)
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
                     return minibatch_update(carry, grads), losses
 
-                return jax.lax.scan(gather_and_update, carry, minibatches)
+                return jax.lax.scan(gather_and_update, carry, (minibatches, entropy_keys))
 
             key, epoch_key = jax.random.split(runner.key)
             (params, opt_states), losses = jax.lax.scan(

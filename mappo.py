@@ -202,22 +202,89 @@ class ScannedGRU(nn.Module):
         return scan(nn.GRUCell(self.hidden_dim), hidden, inputs)
 
 
-class ActionHead(nn.Module):
-    """Masked categorical for discrete tasks; a diagonal Gaussian for continuous ones (MPE).
+LOG_PROB_CLIP = 0.999  # Mava's threshold: log_prob clips actions to [-0.999, 0.999]
 
-    Continuous actions are the Gaussian's raw samples; `env_action` squashes them into the env's
-    box with tanh. Ratios and KLs of the squashed policy equal those of the Gaussian (the tanh
-    Jacobian cancels), so the raw Gaussian is what the losses see."""
+
+class TanhNormal(NamedTuple):
+    """The continuous policy as Mava builds it (mava/networks/distributions.py's
+    TanhTransformedDistribution of a Normal, in a tfd.Independent over the action dimensions): a
+    diagonal Normal(loc, scale) squashed by tanh. Its actions are the squashed samples, in [-1, 1]:
+    what the rollout stores, the guiders' decoders read and the env gets. Batch shape loc.shape[:-1].
+
+    - log_prob clips the action to ±0.999 first; at or beyond the clip it is the log of the Normal's
+      mass beyond ±atanh(0.999), spread over the width 1e-3 (finite and differentiable at ±1);
+      inside, the Normal's log-density at atanh(a) minus log|d tanh/dx| there.
+    - entropy(seed) is Mava's one-sample estimate: the Normal's entropy plus log|d tanh/dx| at one
+      reparameterised draw x ~ Normal, so the bonus also pushes the draws away from saturation.
+    - mode is tanh(loc); the KL is the two Normals', in closed form (what tfd.kl_divergence gives
+      for two such distributions: a KL does not change under the bijection tanh)."""
+
+    loc: jax.Array  # (..., K) the Normal's mean
+    scale: jax.Array  # (..., K) its std
+
+    @staticmethod
+    def tanh_log_det(x):
+        """log|d tanh(x)/dx| = log(1 - tanh(x)^2), in tfb.Tanh's stable form."""
+        return 2.0 * (math.log(2.0) - x - jax.nn.softplus(-2.0 * x))
+
+    def draw(self, seed, sample_shape=()):
+        """A reparameterised draw of the Normal, before tanh (tfd.Normal's, key for key)."""
+        return self.loc + self.scale * jax.random.normal(seed, tuple(sample_shape) + self.loc.shape)
+
+    def sample(self, seed, sample_shape=()):
+        return jnp.tanh(self.draw(seed, sample_shape))
+
+    def log_prob(self, action):
+        a = jnp.clip(action, -LOG_PROB_CLIP, LOG_PROB_CLIP)
+        x = jnp.arctanh(a)
+        normal = -0.5 * jnp.square((x - self.loc) / self.scale) - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi)
+        edge, log_width = jnp.arctanh(jnp.float32(LOG_PROB_CLIP)), math.log(1.0 - LOG_PROB_CLIP)
+        left = jax.scipy.special.log_ndtr((-edge - self.loc) / self.scale) - log_width  # log P(x <= -edge) / 1e-3
+        right = jax.scipy.special.log_ndtr((self.loc - edge) / self.scale) - log_width  # log P(x >= edge) / 1e-3
+        inside = normal - self.tanh_log_det(x)
+        return jnp.where(a <= -LOG_PROB_CLIP, left, jnp.where(a >= LOG_PROB_CLIP, right, inside)).sum(-1)
+
+    def sample_and_log_prob(self, seed):
+        action = self.sample(seed)
+        return action, self.log_prob(action)
+
+    def entropy(self, seed):
+        # NOTE(paper vs official code): the paper's bonus is the policy's entropy; the released code's
+        # is this one-sample estimate of the squashed policy's (noisier, and it penalises saturation)
+        normal = 0.5 * math.log(2 * math.pi * math.e) + jnp.log(self.scale)
+        return (normal + self.tanh_log_det(self.draw(seed))).sum(-1)
+
+    def mode(self):
+        return jnp.tanh(self.loc)
+
+    def kl_divergence(self, other: TanhNormal):
+        """KL(self || other) of the two Normals (tfd's formula), summed over the action dimensions."""
+        diff_log_scale = jnp.log(self.scale) - jnp.log(other.scale)
+        return (0.5 * jnp.square(self.loc / other.scale - other.loc / other.scale)
+                + 0.5 * jnp.expm1(2.0 * diff_log_scale) - diff_log_scale).sum(-1)
+
+
+def policy_entropy(pi, key):
+    """What the entropy bonus maximises: a categorical's entropy, exactly; a TanhNormal's, Mava's
+    one-sample estimate at a draw from `key` (a new key per minibatch, as Mava's update)."""
+    return pi.entropy(seed=key) if isinstance(pi, TanhNormal) else pi.entropy()
+
+
+class ActionHead(nn.Module):
+    """Masked categorical for discrete tasks; for continuous ones (MPE) Mava's ContinuousActionHead:
+    a TanhNormal whose mean is a linear map of the features and whose std, one parameter per action
+    dimension shared by all states, is softplus(log_std) + min_std (log_std starts at 0: std 0.6941)."""
 
     num_actions: int
     continuous: bool
+    min_std: float = 1e-3  # Mava's min_scale (its MAT decoder has none)
 
     @nn.compact
     def __call__(self, x, action_mask):
         if self.continuous:
             mean = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
             log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
-            return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std) * jnp.ones_like(mean))
+            return TanhNormal(mean, (jax.nn.softplus(log_std) + self.min_std) * jnp.ones_like(mean))
         logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
         return distrax.Categorical(logits=jnp.where(action_mask, logits, jnp.finfo(jnp.float32).min))
 
@@ -266,10 +333,11 @@ def batch_to_agents(x: jax.Array, num_agents: int) -> jax.Array:
 
 
 def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
-    """The policy's action as the environment takes it (continuous: tanh-squashed into the box)."""
+    """The policy's action as the environment takes it (continuous: the squashed action, in [-1, 1],
+    mapped linearly onto the env's box; MPE's box is [-1, 1], so it goes unchanged, as in Mava)."""
     if not env.continuous:
         return action
-    return env.action_low + (jnp.tanh(action) + 1.0) * 0.5 * (env.action_high - env.action_low)
+    return 0.5 * (env.action_high + env.action_low) + 0.5 * (env.action_high - env.action_low) * action
 
 
 # ==================================================================================================
@@ -480,7 +548,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                                               args.gamma, args.gae_lambda)
 
             # ------------------------------------------------------------------ UPDATE NETWORK
-            def loss_actor(actor_params, batch, hidden):
+            def loss_actor(actor_params, batch, hidden, entropy_key):
                 traj, advantages, _ = batch
                 reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
                 _, pi = actor.apply(actor_params, hidden, agents_to_batch(traj.obs),
@@ -488,7 +556,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 log_prob = batch_to_agents(pi.log_prob(agents_to_batch(traj.action)), A)
                 loss, approx_kl, clip_frac = ppo_clip_objective(log_prob, traj.log_prob, normalize(advantages),
                                                                 args.clip_eps)
-                entropy = pi.entropy().mean()
+                entropy = policy_entropy(pi, entropy_key).mean()
                 # max |ratio - 1|: exactly 0 on an update's first minibatch unless the replay of the
                 # GRU (hidden states, resets, chunking) is misaligned with the rollout
                 ratio_dev = jnp.abs(jnp.exp(log_prob - traj.log_prob) - 1.0).max()
@@ -504,9 +572,9 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
             def minibatch_update(carry, minibatch):
                 params, opt_states = carry
-                batch, (actor_hidden, critic_hidden) = minibatch
+                batch, (actor_hidden, critic_hidden), entropy_key = minibatch
                 (_, (actor_loss, entropy, approx_kl, clip_frac, ratio_dev)), actor_grads = jax.value_and_grad(
-                    loss_actor, has_aux=True)(params.actor, batch, actor_hidden)
+                    loss_actor, has_aux=True)(params.actor, batch, actor_hidden, entropy_key)
                 (_, value_loss), critic_grads = jax.value_and_grad(loss_critic, has_aux=True)(
                     params.critic, batch, critic_hidden)
                 actor_updates, actor_opt = optimizer.update(actor_grads, opt_states.actor)
@@ -533,13 +601,16 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
+                # a key per minibatch for a continuous policy's entropy estimate (unused if discrete)
+                entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
 
-                def gather_and_update(carry, indices):
+                def gather_and_update(carry, xs):
+                    indices, entropy_key = xs
                     batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), chunks)
                     hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0).reshape(-1, H), seq_hidden)
-                    return minibatch_update(carry, (batch, hidden))
+                    return minibatch_update(carry, (batch, hidden, entropy_key))
 
-                return jax.lax.scan(gather_and_update, carry, minibatches)
+                return jax.lax.scan(gather_and_update, carry, (minibatches, entropy_keys))
 
             key, epoch_key = jax.random.split(runner.key)
             (params, opt_states), losses = jax.lax.scan(

@@ -79,7 +79,8 @@ def test_preset_paper_takes_magpos_row_without_delta_and_lambda():
     assert (args.n_block, args.lr, args.embed_dim, args.lam) == (3, 0.0005, 128, 0.0)
 
 
-SAME = ["Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
+SAME = ["TanhNormal", "policy_entropy", "ActionHead", "env_action",
+        "Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
         "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
         "make_networks", "make_optimizer", "make_evaluate", "Reporter", "make_run_dir", "parse_args"]
 

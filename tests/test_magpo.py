@@ -4,6 +4,7 @@ CoordSum, --ctce, and the command line."""
 
 import difflib
 import json
+import math
 import subprocess
 import sys
 from functools import lru_cache
@@ -131,6 +132,34 @@ def test_chunkwise_retention_equals_the_recurrent_form_with_resets(continuous):
         value, log_prob = replay(states[start], obs[sl], actions[sl], reset[sl], step_count[sl], mask[sl])
         np.testing.assert_allclose(log_prob, log_probs[sl], atol=2e-4)
         np.testing.assert_allclose(value, values[sl], atol=2e-4)
+
+
+@pytest.mark.parametrize("module", [ms, mm], ids=["sable", "mat"])
+def test_continuous_decoder_token_is_the_squashed_action(module):
+    """As Mava's decoders (mava/networks/utils/sable/decode.py, utils/mat/decode.py): the next agent's
+    decoder reads the previous agent's action as the env got it (the squashed sample: K numbers, no
+    start flag), the first agent zeros, through an action encoder with a bias; the guider's std starts
+    at softplus(0) + 1e-3 (Sable) or softplus(0) (MAT)."""
+    B, A, D, K = 4, 3, 5, 2
+    if module is ms:
+        args, guider = small_guider(True, num_agents=A, num_actions=K)
+        hidden = ms.zero_guider_hidden(args, B)
+    else:
+        guider, hidden = mm.Guider(A, K, True, width=16, n_head=2, n_block=2), ()
+    obs = jax.random.normal(jax.random.PRNGKey(0), (1, B, A, D))
+    no_reset, no_steps, mask = jnp.zeros((1, B), bool), jnp.zeros((1, B), jnp.int32), jnp.ones((1, B, A, K), bool)
+    params = guider.init(jax.random.PRNGKey(1), hidden, obs, jnp.zeros((1, B, A, K)), no_reset, no_steps, mask)
+    encoder = params["params"]["action_encoder"]["layers_0"]
+    assert encoder["kernel"].shape == (K, 16) and encoder["bias"].shape == (16,)
+    action, log_prob, _, _ = guider.apply(params, hidden, obs[0], no_reset[0], no_steps[0], mask[0],
+                                          jax.random.PRNGKey(2), method=module.Guider.act)
+    assert action.shape == (B, A, K) and (np.abs(action) <= 1.0).all()  # squashed, as the env gets them
+    np.testing.assert_array_equal(guider.apply(params, action, method=module.Guider.action_token), action)
+    np.testing.assert_array_equal(guider.apply(params, (B, 1), method=module.Guider.start_token), np.zeros((B, 1, K)))
+    # the training pass reads the same tokens: it gives each agent the log-prob its sampling step gave it
+    _, pi = guider.apply(params, hidden, obs, action[None], no_reset, no_steps, mask)
+    np.testing.assert_allclose(pi.log_prob(action[None])[0], log_prob, atol=1e-5)
+    np.testing.assert_allclose(pi.scale, math.log(2.0) + (1e-3 if module is ms else 0.0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["encoder", "decoder"])
@@ -274,6 +303,18 @@ def test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic():
     assert run_train(1, seed=1, ctce=True)["history"]["loss/guider"][0, 0] != h["loss/guider"][0, 0]
 
 
+def test_continuous_mpe_replays_the_squashed_actions_exactly():
+    """On MPE (continuous actions): the rollout stores the squashed actions and their clipped log-probs,
+    and the update's replays give the same numbers (ratios 1 up to float rounding on each update's first
+    minibatch, the guider's and the learner's); with a small δ the mask is on, and every loss is finite."""
+    h = run_train(1, env_id="mpe-simple_spread_3ag", delta=1.05)["history"]
+    assert (h["loss/first_ratio_dev"] < 1e-5).all(), h["loss/first_ratio_dev"]  # guider: μ/μ_old
+    assert (h["loss/first_actor_ratio_dev"] < 1e-5).all(), h["loss/first_actor_ratio_dev"]  # learner
+    assert (h["magpo/mask_frac"] > 0).any()
+    for k in ("loss/guider", "loss/guider_kl", "loss/entropy", "loss/actor", "loss/kl", "loss/value"):
+        assert np.isfinite(h[k]).all(), k
+
+
 @pytest.mark.parametrize("module", [ms, mm, ctds], ids=["sable", "mat", "ctds"])
 def test_microbatches_give_the_minibatch_gradient(module):
     """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
@@ -373,8 +414,9 @@ def test_preset_paper_gives_the_magpo_or_sable_row_and_flags_override():
     assert (sable.embed_dim, sable.ppo_epochs, sable.max_grad_norm, sable.lr) == (64, 15, 5.0, 0.0005)
 
 
-SHARED = ["ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents", "env_action", "compute_gae",
-          "ppo_clip_objective", "clipped_value_loss", "normalize", "keep_best", "make_optimizer", "fmt_time", "parse_args",
+SHARED = ["TanhNormal", "policy_entropy", "ScannedGRU", "ActionHead", "Actor", "agents_to_batch", "batch_to_agents",
+          "env_action", "compute_gae", "ppo_clip_objective", "clipped_value_loss", "normalize", "keep_best",
+          "make_optimizer", "fmt_time", "parse_args",
           "ArgError", "shard_seeds"]
 
 
@@ -384,6 +426,7 @@ def test_shared_sections_are_identical_to_mappo():
 
     for name in SHARED:
         assert inspect.getsource(getattr(ms, name)) == inspect.getsource(getattr(mappo, name)), name
+    assert ms.LOG_PROB_CLIP == mappo.LOG_PROB_CLIP == ctds.LOG_PROB_CLIP == mm.LOG_PROB_CLIP == 0.999
     shared_flags = [l for l in inspect.getsource(mappo.Args).splitlines()]
     magpo_flags = inspect.getsource(ms.Args).splitlines()
     missing = [l for l in difflib.unified_diff(shared_flags, magpo_flags, n=0, lineterm="") if l.startswith("-")

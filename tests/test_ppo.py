@@ -2,6 +2,7 @@
 learning on CoordSum, determinism across seed batching, and the command line."""
 
 import json
+import math
 import subprocess
 import sys
 from functools import lru_cache
@@ -115,10 +116,90 @@ def test_masked_actions_are_never_sampled(continuous):
     actions = pi.sample(seed=jax.random.PRNGKey(1), sample_shape=(64,))
     if continuous:
         assert actions.shape == (64, 1, B, K)  # the mask does not apply to continuous actions
+        assert (np.abs(actions) <= 1.0).all()  # squashed, as the env gets them
+        assert np.isfinite(pi.log_prob(actions[0])).all()  # saturated ones included (the ±0.999 clip)
         return
     legal = np.take_along_axis(np.broadcast_to(mask, (64, 1, B, K)), np.asarray(actions)[..., None], -1)
     assert legal.all()
     assert np.isfinite(pi.log_prob(actions[0])).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The continuous policy: Mava's tanh-squashed Normal (mava/networks/heads.py, distributions.py). Every
+# script has the same text (test_magpo, test_ctds and test_magpo_mat check it); the MAT guider's head
+# alone has no min std (test_magpo's decoder-token test). The Mava values below were computed by the released code's
+# TanhTransformedDistribution (tensorflow-probability 0.24, jax 0.4.30, jax_threefry_partitionable on,
+# as jax >= 0.5's default) on the same inputs and key.
+# --------------------------------------------------------------------------------------------------
+LOC = jnp.array([[0.0, 0.5], [2.0, -1.0]])
+SCALE = jnp.array([[0.6941472, 0.6941472], [0.5, 1.2]])
+
+
+def normal_log_sf(z):  # log P(Z >= z), Z ~ N(0, 1)
+    return math.log(0.5 * math.erfc(z / math.sqrt(2.0)))
+
+
+def test_continuous_head_std_at_init_is_softplus_zero_plus_min_std():
+    actor = ippo.Actor(5, True)
+    obs, hidden, reset = jnp.ones((1, 3, 4)), jnp.zeros((3, 128)), jnp.zeros((1, 3), bool)
+    params = actor.init(jax.random.PRNGKey(0), hidden, obs, reset, jnp.ones((1, 3, 5), bool))
+    head = params["params"]["ActionHead_0"]
+    np.testing.assert_array_equal(head["log_std"], np.zeros(5))  # state-independent, one per action dimension
+    _, pi = actor.apply(params, hidden, obs, reset, jnp.ones((1, 3, 5), bool))
+    assert isinstance(pi, ippo.TanhNormal) and pi.scale.shape == (1, 3, 5)
+    np.testing.assert_allclose(pi.scale, math.log(2.0) + 1e-3, rtol=1e-6)  # softplus(0) + 1e-3 = 0.69414718
+
+
+def test_tanh_normal_log_prob_by_hand_clipped_at_0999():
+    pi = ippo.TanhNormal(LOC, SCALE)
+    action = jnp.array([[0.3, -0.5], [0.9995, -1.0]])  # the second row beyond the clip on both sides
+
+    def inside(a, loc, scale):  # log N(atanh a; loc, scale) - log(1 - a^2)
+        x = math.atanh(a)
+        return -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * math.log(2 * math.pi) - math.log(1 - a * a)
+
+    edge, log_width = float(np.arctanh(np.float32(0.999))), math.log(1e-3)  # float32's 0.999, as Mava's
+    by_hand = [inside(0.3, 0.0, 0.6941472) + inside(-0.5, 0.5, 0.6941472),
+               normal_log_sf((edge - 2.0) / 0.5) - log_width + normal_log_sf((edge - 1.0) / 1.2) - log_width]
+    np.testing.assert_allclose(pi.log_prob(action), by_hand, rtol=2e-5)
+    np.testing.assert_allclose(pi.log_prob(action), [-1.9676948, 0.44371843], rtol=1e-6)  # Mava's
+    # at the clip and beyond it: the same tail mass; exactly ±1 (a saturated float32 tanh) stays finite
+    for a in (0.999, 0.9995, 1.0):
+        np.testing.assert_allclose(pi.log_prob(jnp.array([[0.3, -0.5], [a, 0.2]]))[1], -3.4024827, rtol=1e-6)
+    grads = jax.grad(lambda loc: pi._replace(loc=loc).log_prob(jnp.array([[1.0, -1.0], [1.0, -1.0]])).sum())(LOC)
+    assert np.isfinite(grads).all() and (np.asarray(grads[:, 0]) > 0).all()  # more mass beyond +0.999 as loc grows
+
+
+def test_tanh_normal_entropy_is_the_one_sample_estimate_with_the_tanh_log_det():
+    pi, key = ippo.TanhNormal(LOC, SCALE), jax.random.PRNGKey(3)
+    x = np.asarray(LOC + SCALE * jax.random.normal(key, LOC.shape))  # the draw from that key, before tanh
+    by_hand = (0.5 * np.log(2 * np.pi * np.e) + np.log(np.asarray(SCALE)) + np.log(1 - np.tanh(x) ** 2)).sum(-1)
+    np.testing.assert_allclose(pi.entropy(key), by_hand, rtol=1e-5)
+    np.testing.assert_allclose(pi.entropy(key), [-0.6016011, -2.1637836], rtol=1e-5)  # Mava's
+    assert ippo.policy_entropy(pi, key).shape == (2,)
+    # the same draw further into saturation is penalised, and the estimate is differentiable in loc
+    assert (pi._replace(loc=LOC + 3.0).entropy(key) < pi.entropy(key)).all()
+    assert np.isfinite(jax.grad(lambda loc: pi._replace(loc=loc).entropy(key).sum())(LOC)).all()
+
+
+def test_tanh_normal_mode_sample_and_closed_form_normal_kl():
+    pi, key = ippo.TanhNormal(LOC, SCALE), jax.random.PRNGKey(3)
+    np.testing.assert_allclose(pi.mode(), np.tanh(np.asarray(LOC)), rtol=1e-6)  # the greedy action
+    draw = LOC + SCALE * jax.random.normal(key, LOC.shape)
+    action, log_prob = pi.sample_and_log_prob(key)
+    np.testing.assert_allclose(action, np.tanh(np.asarray(draw)), rtol=1e-6)
+    np.testing.assert_allclose(log_prob, pi.log_prob(action))
+    other = ippo.TanhNormal(LOC + 0.25, SCALE * 1.3)
+    s1, s2, dm = np.asarray(SCALE), np.asarray(SCALE) * 1.3, 0.25
+    by_hand = (np.log(s2 / s1) + (s1 ** 2 + dm ** 2) / (2 * s2 ** 2) - 0.5).sum(-1)
+    np.testing.assert_allclose(pi.kl_divergence(other), by_hand, rtol=1e-5)
+    np.testing.assert_allclose(pi.kl_divergence(other), [0.19319655, 0.20325007], rtol=1e-5)  # tfd's, on Mava's
+
+
+def test_continuous_actions_go_to_mpe_unchanged():
+    env = envs.make("mpe-simple_spread_3ag")
+    action = jnp.array([[-1.0, -0.3, 0.0, 0.7, 1.0]] * 3)
+    np.testing.assert_array_equal(ippo.env_action(env, action), action)  # Mava sends the squashed action as is
 
 
 # --------------------------------------------------------------------------------------------------
