@@ -153,6 +153,16 @@ class Args:
     sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
     the minibatch's size is used, so that the passes are equal). Default: 16 under --ctce on the CPU,
     else the whole minibatch"""
+    shuffle_agents: bool = False
+    """NOTE(paper vs official code): as the released code does, reorder the agents of the whole batch by one
+    random permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), so that the
+    guider's decoder is trained on agent orders other than the rollout's (its ratios start away from 1). Off:
+    the rollout's order"""
+    stale_epoch_memory: bool = False
+    """NOTE(paper vs official code): as the released code does, from the 2nd PPO epoch on replay each sequence
+    from another sequence's stored guider memory (a bug there: rec_magpo.py:443-471 and rec_sable.py:267-298
+    store the shuffled memories back beside the unshuffled trajectories; `next_memory_index`). Off: each
+    sequence's own"""
 
     @property
     def steps_per_update(self) -> int:
@@ -792,6 +802,29 @@ def keep_best(best_params, best_return, params, mean_return):
     return best_params, jnp.maximum(mean_return, best_return)
 
 
+# The released code's update epochs, reproduced under --shuffle-agents and --stale-epoch-memory
+# (NOTE(paper vs official code): the paper describes neither). Each epoch it draws one permutation of the
+# environments and one of the agents (rec_magpo.py:439-451, rec_sable.py:263-276, mat.py:241-253).
+def reorder_agents(batch, actor_hidden, order):
+    """A gathered batch with its agents in `order` (--shuffle-agents). rec_magpo.py:451 takes `agent_perm`
+    on the agent axis of every array of its trajectories, advantages and targets, the learner's stored GRU
+    states included: here each (C, n, A, ...) array on axis 2 (the (C, n) ones are per environment: resets,
+    step counts, dones) and the learner's states (n, A, H) on axis 1. The guider's retention states have no
+    agent axis (they sum over all agents' tokens) and stay as they are, as there."""
+    batch = jax.tree_util.tree_map(lambda x: x if x.ndim == 2 else jnp.take(x, order, axis=2), batch)
+    return batch, jnp.take(actor_hidden, order, axis=1)
+
+
+def next_memory_index(memory_index, order):
+    """Which stored guider memory each sequence is replayed from in the next epoch (--stale-epoch-memory).
+    Each epoch the released code gathers its trajectories and their start memories with one permutation p
+    (rec_magpo.py:443-447), pairs them position by position, then stores back the gathered memories beside
+    the ungathered trajectories (:471): if sequence i started from memory index[i] in this epoch, it starts
+    from index[p[i]] in the next. From arange(N) (the right memories, epoch 1), epoch e replays sequence i
+    from memory p_1[p_2[... p_(e-1)[i]]]. `order`: this epoch's p, the minibatches' sequences in order."""
+    return memory_index[order]
+
+
 # MAGPO's two objectives (§4.1). Symbols: μ = guider, π = actor (the learner), μ_old = the guider that
 # collected the data; log_prob = log μ(a|·), actor_log_prob = log π(a|o), old_log_prob = log μ_old(a|·)
 # of the taken action a, each agent's μ conditioned on the actions of the agents before it;
@@ -1022,14 +1055,22 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                           jax.tree_util.tree_map(lambda h: h.reshape(N, *h.shape[2:]), start_hidden[1]))
 
             def epoch(carry, epoch_key):
-                # NOTE(paper vs official code): the released code also permutes the agents' order in
-                # each minibatch before the guider's teacher-forced pass, which changes what each
-                # decoder step is conditioned on (ratios != 1 from the start); we keep the rollout's.
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
+                # NOTE(paper vs official code): the released code also reorders the agents, by one permutation
+                # per epoch, before the guider's teacher-forced pass, which changes what each decoder step is
+                # conditioned on (ratios != 1 from the start): --shuffle-agents; by default we keep the
+                # rollout's order. From its 2nd epoch on it also replays each trajectory from another one's
+                # guider memory: --stale-epoch-memory; by default each sequence starts from its own.
+                train_state, memory_index = carry  # memory_index[n]: the stored guider memory sequence n starts from
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
+<<<<<<< HEAD
                 # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)
                 entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
+=======
+                shuffled = jax.random.permutation(jax.random.fold_in(epoch_key, 1), A)  # the agents' order this epoch
+                agent_order = shuffled if args.shuffle_agents else None
+>>>>>>> fid-order
 
                 def gather_and_update(carry, xs):
                     indices, entropy_key = xs
@@ -1047,9 +1088,18 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                         micro_indices, advantages, micro_key = micro
                         traj, targets = (jax.tree_util.tree_map(lambda x: sequences(x, micro_indices), chunks[i])
                                          for i in (0, 2))
-                        hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, micro_indices, axis=0), seq_hidden)
+                        memory = memory_index[micro_indices] if args.stale_epoch_memory else micro_indices
+                        guider_hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, memory, axis=0), seq_hidden[1])
+                        actor_hidden = jnp.take(seq_hidden[0], micro_indices, axis=0)  # (n, A, H)
+                        batch = (traj, advantages, targets)
+                        if agent_order is not None:
+                            batch, actor_hidden = reorder_agents(batch, actor_hidden, agent_order)
                         micro_grads, losses = jax.grad(loss, has_aux=True)(
+<<<<<<< HEAD
                             carry[0], (traj, advantages, targets), (hidden[0].reshape(-1, H), hidden[1]), micro_key)
+=======
+                            carry[0], batch, (actor_hidden.reshape(-1, H), guider_hidden))
+>>>>>>> fid-order
                         return jax.tree_util.tree_map(jnp.add, grads, micro_grads), losses
 
                     zeros = jax.tree_util.tree_map(jnp.zeros_like, carry[0])
@@ -1059,11 +1109,18 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
                     return minibatch_update(carry, grads), losses
 
+<<<<<<< HEAD
                 return jax.lax.scan(gather_and_update, carry, (minibatches, entropy_keys))
+=======
+                train_state, losses = jax.lax.scan(gather_and_update, train_state, minibatches)
+                if args.stale_epoch_memory:
+                    memory_index = next_memory_index(memory_index, minibatches.reshape(-1))
+                return (train_state, memory_index), losses
+>>>>>>> fid-order
 
             key, epoch_key = jax.random.split(runner.key)
-            (params, opt_states), losses = jax.lax.scan(
-                epoch, (runner.params, runner.opt_states), jax.random.split(epoch_key, args.ppo_epochs))
+            ((params, opt_states), _), losses = jax.lax.scan(epoch, ((runner.params, runner.opt_states), jnp.arange(N)),
+                                                             jax.random.split(epoch_key, args.ppo_epochs))
             runner = runner._replace(params=params, opt_states=opt_states, key=key)
 
             ended = traj_batch.done.sum()

@@ -15,7 +15,7 @@ import pytest
 import ctds
 import envs
 import magpo_sable as ms
-from helpers import error_lines, random_policy_return
+from helpers import error_lines, fast_jit, random_policy_return
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,19 @@ def test_students_learn_coordsum_with_aligned_replays():
     assert curve[-1] > 3 * random_return, (curve, random_return)
 
 
+def test_released_codes_epochs_move_the_teachers_ratio_and_leave_the_students_replay():
+    """--shuffle-agents with --stale-epoch-memory (magpo_sable.py's helpers; the unit tests are there): the
+    teacher's ratio leaves 1 on each update's first minibatch, the students replay their rollout exactly."""
+    args = ctds.Args(env_id="coordsum-3x10", num_seeds=1, num_envs=8, rollout_length=32, num_minibatches=2,
+                     ppo_epochs=2, num_evals=2, num_eval_episodes=4, total_timesteps=2 * 2 * 8 * 32,
+                     recurrent_chunk_size=8, embed_dim=16, hidden_dim=32, shuffle_agents=True, stale_epoch_memory=True)
+    train = fast_jit(jax.vmap(ctds.make_train(args, envs.make(args.env_id))))
+    h = jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1)))["history"]
+    assert (h["loss/first_ratio_dev"] > 1e-4).all(), h["loss/first_ratio_dev"]
+    assert (h["loss/first_actor_ratio_dev"] < 1e-5).all(), h["loss/first_actor_ratio_dev"]
+    assert all(np.isfinite(v).all() for v in h.values())
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--delta", "1.2"], "Unrecognized"),
     (["--ctce"], "Unrecognized"),
@@ -82,7 +95,8 @@ def test_preset_paper_takes_magpos_row_without_delta_and_lambda():
 SAME = ["TanhNormal", "policy_entropy", "ActionHead", "env_action",
         "Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
         "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
-        "make_networks", "make_optimizer", "make_evaluate", "Reporter", "make_run_dir", "parse_args"]
+        "make_networks", "make_optimizer", "make_evaluate", "Reporter", "make_run_dir", "parse_args",
+        "reorder_agents", "next_memory_index"]
 
 
 def test_ctds_is_magpo_sable_with_other_losses():

@@ -315,6 +315,79 @@ def test_continuous_mpe_replays_the_squashed_actions_exactly():
         assert np.isfinite(h[k]).all(), k
 
 
+def test_shuffle_agents_moves_the_guiders_ratio_and_leaves_the_learners_replay():
+    """--shuffle-agents (rec_magpo.py:450-451: one order of the agents per epoch for the whole batch): the
+    guider's ratio leaves 1 from the first minibatch on (its decoder is teacher-forced in another order than
+    the rollout's), while the learner, one network shared by the agents, each on its own observations and
+    GRU state, replays its rollout log-probs exactly and keeps its PPO term; the value loss too (Sable's
+    encoder does not depend on the agents' order). With lr = 0 nothing moves, so every minibatch of both
+    runs sees the same networks on the same sequences, only the agents' order differs."""
+    off, on = run_train(1, lr=0.0)["history"], run_train(1, lr=0.0, shuffle_agents=True)["history"]
+    assert (off["loss/first_ratio_dev"] < 1e-5).all(), off["loss/first_ratio_dev"]
+    assert (on["loss/first_ratio_dev"] > 1e-4).all(), on["loss/first_ratio_dev"]
+    assert (on["loss/first_actor_ratio_dev"] < 1e-5).all(), on["loss/first_actor_ratio_dev"]
+    np.testing.assert_allclose(on["loss/actor"], off["loss/actor"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(on["loss/value"], off["loss/value"], rtol=1e-5)
+    # the learner's KL to the guider does change: the guider's conditionals are those of another order
+    assert not np.allclose(on["loss/kl"], off["loss/kl"], rtol=1e-4, atol=0)
+
+
+def test_next_memory_index_is_the_released_codes_permute_and_store_back():
+    """--stale-epoch-memory: the index map against a direct simulation of rec_magpo.py:443-471 for 3 epochs.
+    Each epoch the released code gathers the trajectories and their start memories with one permutation,
+    pairs them by position in its minibatches, then stores the gathered memories back beside the trajectories
+    as they were."""
+    rng = np.random.default_rng(0)
+    N = 8
+    trajectories, stored = np.arange(N), np.arange(N)  # stored[j]: whose memory row j holds (each its own at first)
+    index = jnp.arange(N)
+    composed = np.arange(N)  # p_1[p_2[... p_(e-1)]]: epoch 1 each its own memory, epoch 2 p1[i]'s, epoch 3 p1[p2[i]]'s
+    for _ in range(3):
+        perm = rng.permutation(N)
+        batch, stored = trajectories[perm], stored[perm]  # :445 and :447
+        replayed_from = np.empty(N, int)
+        replayed_from[batch] = stored  # position k of the minibatches pairs trajectory batch[k] with memory stored[k]
+        np.testing.assert_array_equal(replayed_from, composed)
+        np.testing.assert_array_equal(index, replayed_from)
+        index = ms.next_memory_index(index, jnp.asarray(perm))  # :471: `stored` kept, `trajectories` not
+        composed = composed[perm]
+
+
+def test_stale_epoch_memory_changes_nothing_in_one_epoch_and_the_second_epoch_on():
+    """One epoch replays from the right memories either way: the same run to the bit. Two epochs: the first
+    epoch's ratios are still 1, the run is another."""
+    off, on = run_train(1, ctce=True, ppo_epochs=1), run_train(1, ctce=True, ppo_epochs=1, stale_epoch_memory=True)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, on, off)
+    # the run without the flag is test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic's
+    off, on = run_train(1, ctce=True)["history"], run_train(1, ctce=True, stale_epoch_memory=True)["history"]
+    assert (on["loss/first_ratio_dev"] < 1e-5).all(), on["loss/first_ratio_dev"]
+    assert not np.array_equal(on["loss/guider"], off["loss/guider"])
+
+
+def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
+    """--shuffle-agents in all three scripts, --stale-epoch-memory in the two with Sable's memory, spelled
+    and documented identically; magpo_mat.py has no memory to replay (no such flag, Args says False)."""
+    import inspect
+
+    def field(module, name):
+        lines = inspect.getsource(module.Args).splitlines()
+        start = next(i for i, l in enumerate(lines) if l.startswith(f"    {name}: bool = False"))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].rstrip().endswith('"""'))
+        return lines[start:end + 1]
+
+    for name in ("shuffle_agents", "stale_epoch_memory"):
+        assert field(ctds, name) == field(ms, name), name
+        assert "NOTE(paper vs official code)" in "\n".join(field(ms, name))
+    assert field(mm, "shuffle_agents") == field(ms, "shuffle_agents")
+    for module in (ms, ctds):
+        args = module.parse_args(["--shuffle-agents", "--stale-epoch-memory"])
+        assert args.shuffle_agents and args.stale_epoch_memory
+        assert not module.Args().shuffle_agents and not module.Args().stale_epoch_memory
+    assert mm.parse_args(["--shuffle-agents"]).shuffle_agents and not mm.Args().stale_epoch_memory
+    with pytest.raises(mm.ArgError, match="Unrecognized"):
+        mm.parse_args(["--stale-epoch-memory"])
+
+
 @pytest.mark.parametrize("module", [ms, mm, ctds], ids=["sable", "mat", "ctds"])
 def test_microbatches_give_the_minibatch_gradient(module):
     """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
