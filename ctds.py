@@ -1014,13 +1014,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 # guider memory: --stale-epoch-memory; by default each sequence starts from its own.
                 train_state, memory_index = carry  # memory_index[n]: the stored guider memory sequence n starts from
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
-<<<<<<< HEAD
                 # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)
                 entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
-=======
-                shuffled = jax.random.permutation(jax.random.fold_in(epoch_key, 1), A)  # the agents' order this epoch
+                shuffled = jax.random.permutation(jax.random.fold_in(epoch_key, 2), A)  # the agents' order this epoch
                 agent_order = shuffled if args.shuffle_agents else None
->>>>>>> fid-order
 
                 def gather_and_update(carry, xs):
                     indices, entropy_key = xs
@@ -1045,11 +1042,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                         if agent_order is not None:
                             batch, actor_hidden = reorder_agents(batch, actor_hidden, agent_order)
                         micro_grads, losses = jax.grad(loss, has_aux=True)(
-<<<<<<< HEAD
-                            carry[0], (traj, advantages, targets), (hidden[0].reshape(-1, H), hidden[1]), micro_key)
-=======
-                            carry[0], batch, (actor_hidden.reshape(-1, H), guider_hidden))
->>>>>>> fid-order
+                            carry[0], batch, (actor_hidden.reshape(-1, H), guider_hidden), micro_key)
                         return jax.tree_util.tree_map(jnp.add, grads, micro_grads), losses
 
                     zeros = jax.tree_util.tree_map(jnp.zeros_like, carry[0])
@@ -1059,14 +1052,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
                     return minibatch_update(carry, grads), losses
 
-<<<<<<< HEAD
-                return jax.lax.scan(gather_and_update, carry, (minibatches, entropy_keys))
-=======
-                train_state, losses = jax.lax.scan(gather_and_update, train_state, minibatches)
+                train_state, losses = jax.lax.scan(gather_and_update, train_state, (minibatches, entropy_keys))
                 if args.stale_epoch_memory:
                     memory_index = next_memory_index(memory_index, minibatches.reshape(-1))
                 return (train_state, memory_index), losses
->>>>>>> fid-order
 
             key, epoch_key = jax.random.split(runner.key)
             ((params, opt_states), _), losses = jax.lax.scan(epoch, ((runner.params, runner.opt_states), jnp.arange(N)),
