@@ -278,45 +278,122 @@ def test_connector_settings_follow_the_id(env_id):
     assert (env._env.grid_size, env.num_agents) == (grid, agents)
     assert env.time_limit == {5: 25, 7: 49, 10: 100, 15: 225}[grid] == env._env.time_limit
     assert type(env._env._generator) is LegacyRandomWalkGenerator  # v2's task distribution
-    assert not env.add_agent_id and env.obs_dim == grid * grid * 5
-    assert env.state_dim == grid * grid * 3
+    # VectorConnectorWrapper's 54 features (2 + 2 + 25 + 25) after Mava's one-hot id; the global
+    # state is the agents' 54 features side by side (no id, as in Mava)
+    assert env.add_agent_id and env.obs_dim == 54 + agents
+    assert env.state_dim == 54 * agents
     assert env.metric_name == "win_rate" and not env.metric_is_return
 
 
-def mava_switch_perspective(grid, agent, num_agents):
-    """The official code's `switch_perspective` (mava/wrappers/jumanji.py), in numpy."""
-    shifted = (grid - 1 - 3 * agent) % (3 * num_agents) + 1
-    return np.where(grid >= 1, shifted, grid)
+def mava_vector_view(grid, num_agents):
+    """Mava's VectorConnectorWrapper observation (mava/wrappers/jumanji.py), re-derived in numpy
+    from the grid alone, step by step as the wrapper computes it: (A, 54) float32.
 
-
-def mava_agents_view(grid, num_agents):
-    """Mava's ConnectorWrapper observation, in numpy: (A, G, G, 5)."""
+    But for one step, the scaling of the coordinates, which is the wrapper's own jitted
+    `coords / grid[0].size`: XLA turns a division by a constant into a product with its
+    reciprocal, 1 ulp off numpy's division for some values (9 / 100), so that Mava under jit and
+    numpy differ there, and we compute what Mava's jitted wrapper does."""
+    G, fov = grid.shape[0], 2
+    scale = jax.jit(lambda coords: coords / (G * G))  # int32 / int: float32, as in the wrapper
     views = []
     for agent in range(num_agents):
-        g = mava_switch_perspective(grid, agent, num_agents)
-        positions = np.where(g % 3 == 2, np.ceil(g / 3), 0) / num_agents
-        targets = np.where((g % 3 == 0) & (g != 0), np.ceil(g / 3), 0) / num_agents
-        views.append(np.stack([positions, targets, g % 3 == 1, g == 2, g == 3], -1))
+        # switch_perspective: the agent's own values become 1, 2, 3.
+        shifted = (grid - 1 - 3 * agent) % (3 * num_agents) + 1
+        g = np.where(grid >= 1, shifted, grid)
+        positions, paths = g % 3 == 2, g % 3 == 1
+        targets = (g % 3 == 0) & (g != 0)
+        blockers = np.where(positions, 1, np.where(paths, -1, 0))
+        combined_targets = np.where(g == 3, 1, np.where(targets, -1, 0))
+        # _get_location: argmax of the flattened layer (cell 0 where the layer is empty).
+        position = np.array(divmod(int(np.argmax(g == 2)), G))
+        target = np.array(divmod(int(np.argmax(g == 3)), G))
+        x, y = position  # the slice of the grid padded by fov (with True) starts at the head
+        padded_blockers = np.pad(blockers, fov, constant_values=True)[x : x + 5, y : y + 5]
+        padded_targets = np.pad(combined_targets, fov, constant_values=True)[x : x + 5, y : y + 5]
+        views.append(np.concatenate([
+            np.asarray(scale(jnp.asarray(position, jnp.int32))),
+            np.asarray(scale(jnp.asarray(target, jnp.int32))),
+            padded_blockers.reshape(-1).astype(np.float32),
+            padded_targets.reshape(-1).astype(np.float32),
+        ]))
     return np.stack(views).astype(np.float32)
 
 
-def test_connector_views_are_exactly_mavas_with_ten_agents():
-    # The views from a lookup table, for ten agents too (labels k / 10, inexact in float32).
-    env = envs.make("connector-10x10x10a")
-    state, ts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), 4))
-    for b in range(4):
-        grid = np.asarray(state.inner.grid[b])
-        views = np.asarray(ts.obs[b]).reshape(10, 10, 10, 5)
-        np.testing.assert_array_equal(views, mava_agents_view(grid, 10))
+def hand_built_connector_state():
+    """A 5 x 5 board with 3 agents (agent j's path, head, target: 3j + 1, 3j + 2, 3j + 3):
+    agent 0 walked (1,1) -> (0,1) -> (0,0), its target at (2,4); agent 1 walked (3,2) -> (3,1),
+    its target at (1,3); agent 2 walked (3,4) -> (4,4) onto its target: connected."""
+    from jumanji.environments.routing.connector.types import Agent, State
+    from jumanji.environments.routing.connector.utils import get_action_masks
+
+    grid = jnp.array([
+        [2, 1, 0, 0, 0],
+        [0, 1, 0, 6, 0],
+        [0, 0, 0, 0, 3],
+        [0, 5, 4, 0, 7],
+        [0, 0, 0, 0, 8],
+    ], jnp.int32)
+    agents = Agent(
+        id=jnp.arange(3),
+        start=jnp.array([[1, 1], [3, 2], [3, 4]]),
+        target=jnp.array([[2, 4], [1, 3], [4, 4]]),
+        position=jnp.array([[0, 0], [3, 1], [4, 4]]),
+    )
+    return State(grid=grid, step_count=jnp.int32(0), agents=agents, key=jax.random.PRNGKey(0),
+                 action_mask=get_action_masks(agents, grid))
 
 
-def test_connector_views_and_ends_along_random_episodes():
-    env = envs.make("connector-7x7x5a")
-    G, N, B, T = 7, 5, 8, 30
+def test_connector_vector_view_of_a_hand_built_board(connector5):
+    env, step, _ = connector5
+    inner = hand_built_connector_state()
+    o = 1  # off the grid: 1 in both windows (the wrapper pads with True)
+    expected = {
+        0: (  # head (0,0) in the corner, target (2,4); two window rows and columns off the grid
+            [0 / 25, 0 / 25, 2 / 25, 4 / 25],
+            [[o, o, o, o, o], [o, o, o, o, o], [o, o, 1, -1, 0], [o, o, 0, -1, 0], [o, o, 0, 0, 0]],
+            [[o, o, o, o, o], [o, o, o, o, o], [o, o, 0, 0, 0], [o, o, 0, 0, 0], [o, o, 0, 0, 0]],
+        ),
+        1: (  # head (3,1), target (1,3) in the window's top-right corner; agent 0's path at (1,1)
+            [3 / 25, 1 / 25, 1 / 25, 3 / 25],
+            [[o, 0, -1, 0, 0], [o, 0, 0, 0, 0], [o, 0, 1, -1, 0], [o, 0, 0, 0, 0], [o, o, o, o, o]],
+            [[o, 0, 0, 0, 1], [o, 0, 0, 0, 0], [o, 0, 0, 0, 0], [o, 0, 0, 0, 0], [o, o, o, o, o]],
+        ),
+        2: (  # connected: head (4,4) on its target, which reads (0,0); agent 0's target at (2,4)
+            [4 / 25, 4 / 25, 0, 0],
+            [[0, 0, 0, o, o], [-1, 0, -1, o, o], [0, 0, 1, o, o], [o, o, o, o, o], [o, o, o, o, o]],
+            [[0, 0, -1, o, o], [0, 0, 0, o, o], [0, 0, 0, o, o], [o, o, o, o, o], [o, o, o, o, o]],
+        ),
+    }
+    views = np.array([
+        np.concatenate([np.float32(c), np.ravel(b), np.ravel(t)]) for c, b, t in expected.values()
+    ], np.float32)
+    ids = np.eye(3, dtype=np.float32)
+    obs, global_state = fast_jit(lambda inner: env._views(env._observe(inner)))(inner)
+    # The windows and the ids exactly; the coordinates to the rounding of the division (above).
+    for got in (mava_vector_view(np.asarray(inner.grid), 3), obs[:, 3:]):
+        np.testing.assert_allclose(got[:, :4], views[:, :4], rtol=2.4e-7, atol=0)  # 1 ulp
+        np.testing.assert_array_equal(got[:, 4:], views[:, 4:])
+    np.testing.assert_array_equal(obs[:, :3], ids)
+    np.testing.assert_array_equal(obs[:, 3:], mava_vector_view(np.asarray(inner.grid), 3))
+    state = np.tile(np.asarray(obs[:, 3:]).reshape(-1), (3, 1))
+    np.testing.assert_array_equal(global_state, state)
+    # The same through the public step: all no-ops leave the board as it is (agents 0 and 1 can
+    # still move, so the episode goes on), and the mask is jumanji's.
+    state, ts = step(episode_start(inner), jnp.zeros(3, jnp.int32))
+    assert not bool(ts.done)
+    np.testing.assert_array_equal(ts.obs, obs)
+    np.testing.assert_array_equal(ts.global_state, global_state)
+    mask = [[1, 0, 0, 1, 0], [1, 1, 0, 1, 1], [1, 0, 0, 0, 0]]  # no-op, up, right, down, left
+    np.testing.assert_array_equal(ts.action_mask, np.array(mask, bool))
+    np.testing.assert_allclose(ts.reward, [-0.06] * 3, rtol=1e-6)  # two agents not connected
+
+
+def connector_rollout(env, num_envs, num_steps, seed):
+    """Random legal moves: per step the jumanji states reached and the timesteps."""
 
     @fast_jit
-    def rollout(key):  # random legal moves in B environments
-        state, ts = jax.vmap(env.reset)(jax.random.split(key, B))
+    def run(key):
+        state, ts = jax.vmap(env.reset)(jax.random.split(key, num_envs))
 
         def body(carry, key):
             state, ts = carry
@@ -324,25 +401,44 @@ def test_connector_views_and_ends_along_random_episodes():
             state, ts = jax.vmap(env.step)(state, actions)
             return (state, ts), (state.inner.grid, state.inner.agents.connected, ts)
 
-        return jax.lax.scan(body, (state, ts), jax.random.split(key, T))[1]
+        first = (state.inner.grid, state.inner.agents.connected, ts)
+        return first, jax.lax.scan(body, (state, ts), jax.random.split(key, num_steps))[1]
 
-    grids, connected, ts = jax.tree.map(np.asarray, rollout(jax.random.PRNGKey(0)))
+    return jax.tree.map(np.asarray, run(jax.random.PRNGKey(seed)))
+
+
+@pytest.mark.parametrize("env_id, steps", [("connector-10x10x10a", 12), ("connector-15x15x23a", 6)])
+def test_connector_views_are_exactly_mavas_on_the_large_boards(env_id, steps):
+    # Resets and a few random steps (float32 scaling by 100 and 225 cells, 10 and 23 agents).
+    env = envs.make(env_id)
+    N = env.num_agents
+    (grids0, _, ts0), (grids, _, ts) = connector_rollout(env, 2, steps, seed=1)
+    for b in range(2):
+        np.testing.assert_array_equal(ts0.obs[b, :, N:], mava_vector_view(grids0[b], N))
+        for t in range(steps):
+            np.testing.assert_array_equal(ts.obs[t, b, :, N:], mava_vector_view(grids[t, b], N))
+    np.testing.assert_array_equal(ts.obs[..., :N], np.broadcast_to(np.eye(N), ts.obs[..., :N].shape))
+
+
+def test_connector_views_and_ends_along_random_episodes():
+    env = envs.make("connector-7x7x5a")
+    N, B, T = 5, 8, 30
+    _, (grids, connected, ts) = connector_rollout(env, B, T, seed=0)
     assert np.any(grids % 3 == 1)  # some paths were drawn
+    some_connected = False
     for t in range(T):
         for b in range(B):
-            views = ts.obs[t, b].reshape(N, G, G, 5)
             if not ts.done[t, b]:  # (on a done step, the views and grid are the next episode's)
                 # Still running: some agent is neither connected nor out of legal moves.
                 assert np.any(~connected[t, b] & ts.action_mask[t, b, :, 1:].any(-1))
-            # Every agent's view is Mava's view from its own perspective; the global state is
-            # agent 0's first three channels.
-            np.testing.assert_array_equal(views, mava_agents_view(grids[t, b], N))
-            for agent in range(N):
-                own_head = np.argwhere(grids[t, b] == 3 * agent + 2)
-                np.testing.assert_array_equal(np.argwhere(views[agent, ..., 3]), own_head)
-                np.testing.assert_array_equal(np.argwhere(views[agent, ..., 0] == 1 / N), own_head)
-            state = np.broadcast_to(views[0, ..., :3].reshape(-1), (N, G * G * 3))
-            np.testing.assert_array_equal(ts.global_state[t, b, :, : G * G * 3], state)
+            some_connected |= bool(connected[t, b].any() & ~connected[t, b].all())
+            # Every agent's view is its one-hot id, then Mava's view; the global state is the views
+            # concatenated (no id).
+            views = mava_vector_view(grids[t, b], N)
+            np.testing.assert_array_equal(ts.obs[t, b], np.concatenate([np.eye(N), views], 1))
+            state = np.tile(views.reshape(-1), (N, 1))
+            np.testing.assert_array_equal(ts.global_state[t, b], state)
+    assert some_connected  # (0, 0) targets of connected agents amid the others were checked
     # Random play mostly ends with every agent connected or blocked, long before the time limit,
     # and then (some agents blocked, not connected) it is no win.
     ended = ts.terminated & ~ts.truncated
