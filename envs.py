@@ -640,10 +640,7 @@ _CONNECTOR_TIME_LIMIT = {5: 25, 7: 49, 10: 100, 15: 225}  # mava/configs/env/sce
 # NOTE(paper vs official code): whether the paper's IPPO and MAPPO rows used the vector view (with
 # the default `rnn` network) or the grid view (`env=connector network=rcnn`) the release does not
 # say; we give them the vector view, the one observation that every method's default network
-# takes. Two small differences, shared with every task: the one-hot id follows the 54 features
-# (Mava's AgentIDWrapper puts it first; the order of a Dense layer's inputs changes nothing it can
-# learn, and its orthogonal initialisation is as likely in any order), and the global state
-# carries the agent's id too (Mava's has none: every agent gets the same state).
+# takes. As for every task, the one-hot id comes first and the global state carries none.
 _CONNECTOR_FOV = 2  # VectorConnectorWrapper's field of view: a 5 x 5 window around the head
 
 
