@@ -71,7 +71,7 @@ def system_name(args: Args) -> str:
 class Args:
     # --- shared: spelled identically in every script ---
     env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
     seed: int = 0
     """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
     num_seeds: int = 10

@@ -58,7 +58,7 @@ ALGO = "ippo"
 class Args:
     # --- shared: spelled identically in every script ---
     env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
     seed: int = 0
     """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
     num_seeds: int = 10
@@ -344,7 +344,7 @@ def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
 # ==================================================================================================
 class Transition(NamedTuple):
     obs: jax.Array  # (E, A, D) the actor's input
-    global_state: jax.Array  # (E, A, G) for critic_input; IPPO never reads it, so XLA never stores it
+    global_state: jax.Array  # (E, G) for critic_input; IPPO never reads it, so XLA never stores it
     reset: jax.Array  # (E,) this observation starts an episode: resets the GRUs
     action_mask: jax.Array  # (E, A, K)
     action: jax.Array  # (E, A) or (E, A, K) for continuous

@@ -78,7 +78,7 @@ def system_name(args: Args) -> str:
 class Args:
     # --- shared: spelled identically in every script ---
     env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
     seed: int = 0
     """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
     num_seeds: int = 10
@@ -180,7 +180,7 @@ class Args:
 
     @property
     def microbatch_sequences(self) -> int:
-        # Measured on a 2-core CPU (README): the transformer alone trains 1.1-1.6x faster in passes of
+        # Measured on a 2-core CPU (docs/speed.md): the transformer alone trains 1.1-1.6x faster in passes of
         # 16 sequences, whose activations stay in cache; the learner's GRU steps fastest on the widest batch.
         default = 16 if self.ctce and jax.default_backend() == "cpu" else self.minibatch_sequences
         return math.gcd(self.microbatch_size or default, self.minibatch_sequences)

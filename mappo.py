@@ -59,7 +59,7 @@ ALGO = "mappo"
 class Args:
     # --- shared: spelled identically in every script ---
     env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / the README), e.g. coordsum-3x10, rware-tiny-4ag"""
+    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
     seed: int = 0
     """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
     num_seeds: int = 10
@@ -318,8 +318,9 @@ class Critic(nn.Module):
 
 
 def critic_input(timestep) -> jax.Array:  # an envs.TimeStep, or a Transition (batched alike)
-    """What the critic reads: MAPPO's critic sees the global state, per agent, (E, A, G)."""
-    return timestep.global_state
+    """What the critic reads: MAPPO's critic sees the global state, a copy per agent, (E, A, G)."""
+    state = timestep.global_state
+    return jnp.broadcast_to(state[..., None, :], (*timestep.obs.shape[:-1], state.shape[-1]))
 
 
 def agents_to_batch(x: jax.Array) -> jax.Array:
@@ -345,7 +346,7 @@ def env_action(env: envs.MultiAgentEnv, action: jax.Array) -> jax.Array:
 # ==================================================================================================
 class Transition(NamedTuple):
     obs: jax.Array  # (E, A, D) the actor's input
-    global_state: jax.Array  # (E, A, G) for critic_input; IPPO never reads it, so XLA never stores it
+    global_state: jax.Array  # (E, G) for critic_input; IPPO never reads it, so XLA never stores it
     reset: jax.Array  # (E,) this observation starts an episode: resets the GRUs
     action_mask: jax.Array  # (E, A, K)
     action: jax.Array  # (E, A) or (E, A, K) for continuous

@@ -11,7 +11,7 @@ overrides flags of every script measured.
 Each configuration is compiled once (ahead of time, timed separately), then trains `--updates`
 updates of the paper's settings (128 envs x rollout 128 per seed, the script's defaults otherwise)
 followed by one small evaluation, timed to the end of the call. SPS = seeds x updates x 128 x 128 /
-seconds. Run it on the machine whose figures you report; the README records them with the machine.
+seconds. Run it on the machine whose figures you report; docs/speed.md records them with the machine.
 
 With `--sequential`, each N-seed measurement is compared with N runs of 1 seed one after another,
 each compiled afresh as a separate command of the script would (seeds 0..N-1, the same keys as

@@ -73,7 +73,7 @@ def test_every_id_constructs_resets_and_steps(env_id):
     A = env.num_agents
     for ts in (first, second):
         assert ts.obs.shape == (A, env.obs_dim) and ts.obs.dtype == jnp.float32
-        assert ts.global_state.shape == (A, env.state_dim) and ts.global_state.dtype == jnp.float32
+        assert ts.global_state.shape == (env.state_dim,) and ts.global_state.dtype == jnp.float32
         assert ts.action_mask.shape == (A, env.num_actions) and ts.action_mask.dtype == jnp.bool_
         assert ts.reward.shape == (A,) and ts.reward.dtype == jnp.float32
         assert np.all(np.isfinite(ts.obs)) and np.all(np.isfinite(ts.global_state))
@@ -101,7 +101,7 @@ def test_family_under_jit_and_vmap(env_id):
 
     # shapes and dtypes, time-major with explicit env and agent axes
     assert ts.obs.shape == (T, E, A, env.obs_dim) and ts.obs.dtype == np.float32
-    assert ts.global_state.shape == (T, E, A, env.state_dim)
+    assert ts.global_state.shape == (T, E, env.state_dim)  # one state per env: every agent's the same
     assert ts.action_mask.shape == (T, E, A, env.num_actions) and ts.action_mask.dtype == np.bool_
     assert ts.reward.shape == (T, E, A) and ts.done.shape == (T, E)
     for flag in (ts.reset, ts.done, ts.terminated, ts.truncated):
@@ -116,11 +116,10 @@ def test_family_under_jit_and_vmap(env_id):
         assert actions.shape == (T, E, A, env.action_dim)
 
     # the one-hot agent id opens each agent's observation (as Mava's AgentIDWrapper puts it); the
-    # global state carries none: every agent of a step sees the same one (as in Mava)
+    # global state carries none (as in Mava): one per env, the same for every agent
     eye = np.eye(A, dtype=np.float32)
     if env.add_agent_id:
         np.testing.assert_array_equal(ts.obs[..., :A], np.broadcast_to(eye, (T, E, A, A)))
-    np.testing.assert_array_equal(ts.global_state, np.broadcast_to(ts.global_state[..., :1, :], ts.global_state.shape))
 
     # flags: the input at t starts an episode exactly when the step before ended one
     dones = np.concatenate([ts.done[1:], last.done[None]], 0)  # dones[t]: the step taken from ts[t]
@@ -278,7 +277,7 @@ def test_coordsum_observation_is_the_released_one_the_target_alone():
     assert env.obs_dim == 3 + 1 and env.state_dim == 3
     np.testing.assert_array_equal(ts.obs[:, :, :3], np.broadcast_to(np.eye(3), (150, 3, 3)))
     np.testing.assert_array_equal(ts.obs[:-1, :, 3], np.broadcast_to(targets[1:, None], (149, 3)))
-    np.testing.assert_array_equal(ts.global_state[:-1], np.broadcast_to(targets[1:, None, None], (149, 3, 3)))
+    np.testing.assert_array_equal(ts.global_state[:-1], np.broadcast_to(targets[1:, None], (149, 3)))
 
 
 def test_coordsum_clock_variant_adds_the_step_count():

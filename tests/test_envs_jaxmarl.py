@@ -224,7 +224,7 @@ def test_smax_action_mask_allows_exactly_the_possible_actions(smax_first_episode
 def test_smax_fixed_map_units_and_start_positions(smax_first_episodes):
     env, _, _, first, _ = smax_first_episodes
     U, A = env.num_agents + env.num_enemies, env.num_agents
-    world = np.asarray(first.global_state[:, 0])  # (envs, world state)
+    world = np.asarray(first.global_state)  # (envs, world state)
     types, teams = world[:, -U:], world[:, -2 * U : -U]
     # 2s3z: 2 stalkers (type 2) and 3 zealots (type 3) a side
     np.testing.assert_array_equal(types, np.broadcast_to([2, 2, 3, 3, 3] * 2, types.shape))
@@ -260,7 +260,7 @@ def test_smacv2_maps_draw_units_and_positions_every_episode():
     env = envs.make("smax-smacv2_5_units")
     U, A = 10, 5
     _, ts = fast_jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 32))
-    world = np.asarray(ts.global_state[:, 0])
+    world = np.asarray(ts.global_state)
     types = world[:, -U:].astype(int)
     assert ((types >= 0) & (types < 6)).all()
     assert len({tuple(t) for t in types[:, :A]}) > 16  # the allies' unit types vary

@@ -375,7 +375,7 @@ def test_connector_vector_view_of_a_hand_built_board(connector5):
         np.testing.assert_array_equal(got[:, 4:], views[:, 4:])
     np.testing.assert_array_equal(obs[:, :3], ids)
     np.testing.assert_array_equal(obs[:, 3:], mava_vector_view(np.asarray(inner.grid), 3))
-    state = np.tile(np.asarray(obs[:, 3:]).reshape(-1), (3, 1))
+    state = np.asarray(obs[:, 3:]).reshape(-1)  # Mava tiles it per agent; one copy here
     np.testing.assert_array_equal(global_state, state)
     # The same through the public step: all no-ops leave the board as it is (agents 0 and 1 can
     # still move, so the episode goes on), and the mask is jumanji's.
@@ -436,8 +436,7 @@ def test_connector_views_and_ends_along_random_episodes():
             # concatenated (no id).
             views = mava_vector_view(grids[t, b], N)
             np.testing.assert_array_equal(ts.obs[t, b], np.concatenate([np.eye(N), views], 1))
-            state = np.tile(views.reshape(-1), (N, 1))
-            np.testing.assert_array_equal(ts.global_state[t, b], state)
+            np.testing.assert_array_equal(ts.global_state[t, b], views.reshape(-1))
     assert some_connected  # (0, 0) targets of connected agents amid the others were checked
     # Random play mostly ends with every agent connected or blocked, long before the time limit,
     # and then (some agents blocked, not connected) it is no win.

@@ -364,6 +364,53 @@ def test_stale_epoch_memory_changes_nothing_in_one_epoch_and_the_second_epoch_on
     assert not np.array_equal(on["loss/guider"], off["loss/guider"])
 
 
+def test_group_minibatches_draw_one_order_for_every_group():
+    """--update-batch-size 2 on 2 chunks x 4 envs (sequence n = k * 4 + e): the groups are envs {0, 1} and
+    {2, 3}; one permutation of a group's 4 sequences k * 2 + e' picks the same (k, e') in both groups,
+    group 0's half of a minibatch first. With one group: a permutation of all 8 sequences."""
+    key = jax.random.PRNGKey(3)
+    order = np.asarray(ms.group_minibatches(key, 8, 4, 2, 2))
+    local = np.asarray(jax.random.permutation(key, 4)).reshape(2, 2)  # k * 2 + e'
+    k, e = local // 2, local % 2
+    np.testing.assert_array_equal(order, np.concatenate([k * 4 + e, k * 4 + 2 + e], axis=1))
+    assert sorted(order.ravel()) == list(range(8))
+    np.testing.assert_array_equal(ms.group_minibatches(key, 8, 4, 1, 2),
+                                  jax.random.permutation(key, 8).reshape(2, 4))
+
+
+def test_normalize_groups_normalises_each_groups_part_of_the_minibatch():
+    x = jnp.array([1.0, 3.0, 10.0, 20.0]).reshape(1, 4, 1)  # (C, n, A): group 0 = [1, 3], group 1 = [10, 20]
+    np.testing.assert_allclose(ms.normalize_groups(x, 2).ravel(), [-1, 1, -1, 1], atol=1e-6)
+    np.testing.assert_array_equal(ms.normalize_groups(x, 1), ms.normalize(x))
+
+
+def test_act_in_groups_gives_the_groups_one_sampling_noise():
+    """Envs 0, 1 and 2, 3 see the same observations: in two groups they act alike (one key), in one group not."""
+    args = ms.Args(**TINY, num_seeds=1)
+    env = envs.make(args.env_id)
+    guider = ms.make_networks(args, env)[1]
+    _, ts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 2))
+    ts = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), ts)  # envs 2, 3 = envs 0, 1
+    hidden, step = ms.zero_guider_hidden(args, 4), jnp.zeros(4, jnp.int32)
+    params = guider.init(jax.random.PRNGKey(1), hidden, ts.obs[None], jnp.zeros((1, 4, 3), jnp.int32), ts.reset[None],
+                         step[None], ts.action_mask[None])
+    acted = [ms.act_in_groups(guider, params, hidden, ts.obs, ts.reset, step, ts.action_mask,
+                              jax.random.PRNGKey(2), groups) for groups in (1, 2)]
+    one, two = (np.asarray(a[0]).reshape(2, 2, 3) for a in acted)  # (group, env, agent)
+    np.testing.assert_array_equal(two[0], two[1])
+    assert (one[0] != one[1]).any()
+    np.testing.assert_allclose(acted[0][2], acted[1][2], rtol=1e-6)  # the values do not depend on the noise
+
+
+def test_update_batch_size_replays_its_rollout():
+    """Two groups of 4 envs: each update's first minibatch replays the rollout exactly (the grouped acting
+    and the grouped minibatches line up), and the run is not the ungrouped one."""
+    grouped, plain = run_train(1, update_batch_size=2)["history"], run_train(1)["history"]
+    assert (grouped["loss/first_ratio_dev"] < 1e-5).all(), grouped["loss/first_ratio_dev"]
+    assert (grouped["loss/first_actor_ratio_dev"] < 1e-5).all()
+    assert grouped["loss/guider"][0, 0] != plain["loss/guider"][0, 0]
+
+
 def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
     """--shuffle-agents in all three scripts, --stale-epoch-memory in the two with Sable's memory, spelled
     and documented identically; magpo_mat.py has no memory to replay (no such flag, Args says False)."""

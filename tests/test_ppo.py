@@ -376,4 +376,5 @@ def test_ippo_and_mappo_differ_only_in_the_critic_input_and_their_names():
             and "differs from" not in l.lower() and "critic sees" not in l and "own state" not in l
             and "parameters can still" not in l]
     assert sorted(code) == sorted(['ALGO = "ippo"', 'ALGO = "mappo"',
-                                   "    return timestep.obs", "    return timestep.global_state"]), code
+                                   "    return timestep.obs", "    state = timestep.global_state",
+                                   "    return jnp.broadcast_to(state[..., None, :], (*timestep.obs.shape[:-1], state.shape[-1]))"]), code
