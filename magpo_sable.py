@@ -204,6 +204,13 @@ class ArgError(ValueError):
 
 
 def check_args(args: Args) -> None:
+    for field in dataclasses.fields(args):  # nan or inf would train silently to nan
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ArgError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
+    if args.run_name is not None and (Path(args.run_name).name != args.run_name or args.run_name in ("", ".", "..")):
+        raise ArgError(f"--run-name must be a plain folder name (no path separator, not '.' or '..'), "
+                       f"got {args.run_name!r}")
     positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
                 "ppo_epochs", "num_evals", "num_eval_episodes", "microbatch_size", "hidden_dim", "embed_dim", "n_head",
                 "n_block"]
@@ -1307,6 +1314,9 @@ def make_run_dir(args: Args) -> Path:
         except FileExistsError:  # never overwrite another run
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        except OSError as error:  # not a folder, no permission, a read-only disk
+            raise ArgError(f"--out-dir {args.out_dir}: cannot create the run folder {path}: "
+                           f"{error.strerror or error}") from None
 
 
 def save_models(run_dir: Path, results) -> None:

@@ -346,6 +346,10 @@ def test_seeds_split_across_devices_train_the_same_run(cli_runs, tmp_path):
     (["--total-timesteps", "1000"], "too small for 122 evaluations"),
     (["--preset", "tuned"], "unknown --preset"),
     (["--env-id", "rware-tiny-4ag", "--preset", "paper"], "no ippo configuration"),
+    (["--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--run-name", "../elsewhere"], "--run-name must be a plain folder name"),
+    (["--run-name", ".."], "--run-name must be a plain folder name"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
     proc = run_cli("ippo", *flags, cwd=tmp_path)
@@ -354,6 +358,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("script", ["ippo", "mappo", "magpo_sable", "magpo_mat", "ctds"])
+def test_cli_out_dir_that_cannot_be_created_is_one_line_and_exit_2(script, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = run_cli(script, *CLI_TINY, "--out-dir", "a_file/runs", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: --out-dir a_file/runs: cannot create the run folder"), lines[0]
+    nan = run_cli(script, "--ent-coef", "nan", cwd=tmp_path)  # every script refuses non-finite values
+    assert nan.returncode == 2 and "--ent-coef must be a finite number" in error_lines(nan)[0]
 
 
 def test_preset_paper_gives_the_tuned_row_and_flags_override():
