@@ -61,7 +61,9 @@ class Args:
     env_id: str = "rware-tiny-4ag"
     """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
     seed: int = 0
-    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), so it is the same run alone or batched"""
+    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), the same keys and data whatever --num-seeds;
+    its numbers equal a run with other --num-seeds up to float rounding (XLA vectorises differently), which
+    then grows over training as in any chaotic system"""
     num_seeds: int = 10
     """independent seeds trained together in one compiled call (vmapped)"""
     total_timesteps: int = 20_000_000
