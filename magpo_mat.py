@@ -154,11 +154,12 @@ class Args:
     sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
     the minibatch's size is used, so that the passes are equal). Default: 16 under --ctce on the CPU,
     else the whole minibatch"""
-    shuffle_agents: bool = False
+    shuffle_agents: bool = True
     """NOTE(paper vs official code): as the released code does, reorder the agents of the whole batch by one
     random permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), so that the
-    guider's decoder is trained on agent orders other than the rollout's (its ratios start away from 1). Off:
-    the rollout's order"""
+    guider's decoder is trained on agent orders other than the rollout's (its ratios start away from 1; the
+    paper does not say; docs/fidelity.md L7). --no-shuffle-agents: the rollout's order, whose replay makes
+    loss/first_ratio_dev exactly 0"""
 
     @property
     def steps_per_update(self) -> int:
@@ -938,11 +939,11 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             def epoch(carry, epoch_key):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
-                # NOTE(paper vs official code): the released code also reorders the agents, by one permutation
-                # per epoch, before the guider's teacher-forced pass, which changes what each decoder step is
-                # conditioned on (ratios != 1 from the start): --shuffle-agents; by default we keep the
-                # rollout's order. From its 2nd epoch on it also replays each trajectory from another one's
-                # guider memory: --stale-epoch-memory; by default each sequence starts from its own.
+                # NOTE(paper vs official code): as the released code, by default the agents are reordered by
+                # one permutation per epoch before the guider's teacher-forced pass, which changes what each
+                # decoder step is conditioned on (ratios != 1 from the start; --no-shuffle-agents keeps the
+                # rollout's order). (Its stale memory after the first epoch, magpo_sable.py's
+                # --stale-epoch-memory, has nothing to act on: MAT keeps no memory across steps.)
                 train_state, memory_index = carry  # memory_index[n]: the stored guider memory sequence n starts from
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
                 # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)

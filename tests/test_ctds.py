@@ -50,7 +50,7 @@ def test_students_learn_coordsum_with_aligned_replays():
     random_return = random_policy_return("coordsum-3x10")
     args = ctds.Args(env_id="coordsum-3x10", num_seeds=1, num_envs=16, rollout_length=64, num_minibatches=2,
                      ppo_epochs=4, num_evals=2, num_eval_episodes=32, total_timesteps=2 * 30 * 1024, lr=1e-3,
-                     embed_dim=32)
+                     embed_dim=32, shuffle_agents=False, stale_epoch_memory=False)  # replays that align exactly
     train = jax.jit(jax.vmap(ctds.make_train(args, envs.make(args.env_id))))
     out = jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1)))
     h = out["history"]

@@ -269,9 +269,11 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own(algo):
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
+# The rollout's agent order and each sequence's own memory (not the released code's update epochs, the
+# defaults), so that every update's first minibatch replays the rollout exactly: the alignment checks.
 TINY = dict(env_id="coordsum-3x10", num_envs=8, rollout_length=32, num_minibatches=2, ppo_epochs=2,
             num_evals=2, num_eval_episodes=4, total_timesteps=2 * 2 * 8 * 32, recurrent_chunk_size=8,
-            embed_dim=16, hidden_dim=32)
+            embed_dim=16, hidden_dim=32, shuffle_agents=False, stale_epoch_memory=False)
 
 
 @lru_cache(maxsize=None)
@@ -418,7 +420,7 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
 
     def field(module, name):
         lines = inspect.getsource(module.Args).splitlines()
-        start = next(i for i, l in enumerate(lines) if l.startswith(f"    {name}: bool = False"))
+        start = next(i for i, l in enumerate(lines) if l.startswith(f"    {name}: bool = True"))
         end = next(i for i in range(start + 1, len(lines)) if lines[i].rstrip().endswith('"""'))
         return lines[start:end + 1]
 
@@ -429,8 +431,11 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
     for module in (ms, ctds):
         args = module.parse_args(["--shuffle-agents", "--stale-epoch-memory"])
         assert args.shuffle_agents and args.stale_epoch_memory
-        assert not module.Args().shuffle_agents and not module.Args().stale_epoch_memory
-    assert mm.parse_args(["--shuffle-agents"]).shuffle_agents and not mm.Args().stale_epoch_memory
+        assert module.Args().shuffle_agents and module.Args().stale_epoch_memory  # the released code's epochs
+        args = module.parse_args(["--no-shuffle-agents", "--no-stale-epoch-memory"])
+        assert not args.shuffle_agents and not args.stale_epoch_memory
+    assert mm.Args().shuffle_agents and not mm.Args().stale_epoch_memory
+    assert not mm.parse_args(["--no-shuffle-agents"]).shuffle_agents
     with pytest.raises(mm.ArgError, match="Unrecognized"):
         mm.parse_args(["--stale-epoch-memory"])
 
@@ -441,8 +446,9 @@ def test_microbatches_give_the_minibatch_gradient(module):
     minibatch) trains the same run as one pass over it, up to float rounding: the same losses on every
     update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences."""
     runs = []
+    tiny = {k: v for k, v in TINY.items() if not (module is mm and k == "stale_epoch_memory")}  # MAT: no memory
     for microbatch_size in (None, 4):
-        args = module.Args(**TINY, num_seeds=1, microbatch_size=microbatch_size)
+        args = module.Args(**tiny, num_seeds=1, microbatch_size=microbatch_size)
         assert args.microbatch_sequences == (16 if microbatch_size is None else 4)
         train = fast_jit(jax.vmap(module.make_train(args, envs.make(args.env_id))))
         runs.append(jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1))))
