@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tyro
 
@@ -286,7 +287,7 @@ def compile_and_run(train: Callable, keys: jax.Array, reporter: Reporter):
     """train(keys, seed_indices), the script's seed-vmapped training, compiled exactly once (the
     seeds split across the devices, `shard_seeds`) and run to the end; the Reporter's clock starts
     after the compilation. Returns the results, on the host's side of block_until_ready."""
-    seed_indices = jax.numpy.arange(keys.shape[0])
+    seed_indices = jnp.arange(keys.shape[0])
     (keys, seed_indices), num_devices = shard_seeds(keys, seed_indices)
     t0 = time.time()
     compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation

@@ -30,6 +30,9 @@ def test_each_script_uses_runs_plumbing(module):
         assert call in main, call
     assert "runs.evaluate_saved(args, Args, ALGO, load_policy)" in inspect.getsource(module.evaluate_saved)
     assert "runs.parse_args(Args, apply_preset, __doc__, argv)" in inspect.getsource(module.parse_args)
+    assert "runs.check_run_args(args)" in inspect.getsource(module.check_args)
+    assert "runs.paper_row(args, " in inspect.getsource(module.apply_preset)
+    assert "runs.preset_values(args, row, columns, explicit)" in inspect.getsource(module.apply_preset)
     assert source.rstrip().endswith('if __name__ == "__main__":\n    runs.cli(main)')
     guided = hasattr(module, "Guider")
     assert ('columns={"guider/episode_return": "guider"}' in main) == guided
@@ -57,3 +60,9 @@ def test_fmt_time_and_arg_error_message():
     assert runs.fmt_time(3725.9) == "1:02:05"
     with pytest.raises(runs.ArgError, match=r"\(see --help\)$"):
         mappo.parse_args(["--no-such-flag"])
+
+
+def test_watch_knows_the_five_scripts_and_not_runs():
+    import watch
+
+    assert watch.known_algos() == sorted(["ippo", "mappo", "magpo_sable", "magpo_mat", "ctds"])
