@@ -38,31 +38,21 @@ Symbols: μ_φ -> guider, π_θ -> actor, δ -> delta, λ -> lam, ε -> clip_eps
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
-import json
 import math
-import os
-import re
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import distrax
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from flax.linen.initializers import constant, orthogonal
 
 import envs
+import runs
+from runs import ArgError  # check_args' errors: one line on stderr, exit code 2
 
 ALGO = "magpo_sable"
 
@@ -197,24 +187,15 @@ class Args:
 
     @property
     def microbatch_sequences(self) -> int:
+        # (performance, not the algorithm: skip on a first read)
         # Measured on a 2-core CPU (docs/speed.md): the transformer alone trains 1.1-1.6x faster in passes of
         # 16 sequences, whose activations stay in cache; the learner's GRU steps fastest on the widest batch.
         default = 16 if self.ctce and jax.default_backend() == "cpu" else self.minibatch_sequences
         return math.gcd(self.microbatch_size or default, self.minibatch_sequences)
 
 
-class ArgError(ValueError):
-    """A bad flag value: reported as one line on stderr, exit code 2."""
-
-
 def check_args(args: Args) -> None:
-    for field in dataclasses.fields(args):  # nan or inf would train silently to nan
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ArgError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
-    if args.run_name is not None and (Path(args.run_name).name != args.run_name or args.run_name in ("", ".", "..")):
-        raise ArgError(f"--run-name must be a plain folder name (no path separator, not '.' or '..'), "
-                       f"got {args.run_name!r}")
+    runs.check_run_args(args)  # no nan or inf in a float flag, a plain --run-name
     positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
                 "ppo_epochs", "num_evals", "num_eval_episodes", "microbatch_size", "hidden_dim", "embed_dim", "n_head",
                 "n_block"]
@@ -256,20 +237,7 @@ def check_args(args: Args) -> None:
 def apply_preset(args: Args, explicit: set[str]) -> Args:
     """The paper's tuned values for this task and method (the `magpo` rows, or under --ctce the
     `sable` rows), under every explicitly given flag."""
-    if args.preset is None:
-        return args
-    if args.preset != "paper":
-        raise ArgError(f"unknown --preset {args.preset!r}; the only preset is 'paper'")
-    family, _, task = args.env_id.partition("-")
-    task = "con-" + task if family == "connector" else task
-    path = Path(__file__).with_name("paper_params.csv")
-    with open(path) as f:
-        rows = [{k: v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
-    system = system_name(args)
-    row = next((r for r in rows if r["system_name"] == system and r["task"] == task and r["env_name"] == family), None)
-    if row is None:
-        have = sorted(f"{r['env_name']}-{r['task']}" for r in rows if r["system_name"] == system)
-        raise ArgError(f"the paper lists no {system} configuration for {args.env_id}; it has: {', '.join(have)}")
+    row = runs.paper_row(args, system_name(args))  # None without --preset
     columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
         "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
         "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
@@ -280,8 +248,7 @@ def apply_preset(args: Args, explicit: set[str]) -> Args:
         "n_block": ("n_block", int), "decay_scaling_factor": ("decay_scaling_factor", float),
         "alpha": ("lam", float), "delta": ("delta", float),
     }
-    values = {flag: cast(row[col]) for col, (flag, cast) in columns.items() if row.get(col)}
-    return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
+    return runs.preset_values(args, row, columns, explicit)
 
 
 # ==================================================================================================
@@ -406,6 +373,8 @@ class Actor(nn.Module):
         return hidden, ActionHead(self.num_actions, self.continuous)(x, action_mask)
 
 
+# (performance, not the algorithm: skip on a first read) flat_matmul and Dense are x @ w and
+# nn.Dense, laid out for a faster backward on the CPU.
 def flat_matmul(x, w):
     """x (..., F) @ w (F, G) with all leading axes flattened into one. Same numbers as `x @ w`, but
     XLA:CPU then computes the weight gradient as one matrix product; on (..., A, F) it first copies
@@ -1125,6 +1094,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
                 def gather_and_update(carry, xs):
                     indices, entropy_key = xs
+                    # (performance, not the algorithm: skip on a first read) microbatching.
                     # The minibatch's gradient is the mean of its equal microbatches' gradients (every
                     # loss term is a mean over samples, the advantages are normalised over the whole
                     # minibatch): the same gradient, in pieces whose activations can stay in cache. (A
@@ -1208,199 +1178,33 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
 
 # ==================================================================================================
-# Reporting: progress lines, results on disk, wandb
-# ==================================================================================================
-class Reporter:
-    """Gathers the per-seed callbacks of each checkpoint; once all seeds have reported it prints one
-    progress line, appends the checkpoint to the run's files, and logs to wandb."""
-
-    def __init__(self, args: Args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None):
-        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_run
-        self.pending: dict[int, dict[int, dict]] = {}
-        self.start = time.time()
-        self.system = system_name(args)
-        self.marl_eval = {env.family: {env.env_id: {self.system: {}}}}  # marl-eval's nesting
-
-    def steps_at(self, checkpoint: int) -> int:
-        return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
-
-    def __call__(self, seed_index, checkpoint, metrics):
-        seed_index, checkpoint = int(seed_index), int(checkpoint)
-        metrics = jax.tree_util.tree_map(np.asarray, metrics)
-        self.pending.setdefault(checkpoint, {})[seed_index] = metrics
-        if len(self.pending[checkpoint]) == self.args.num_seeds:
-            self.flush(checkpoint, self.pending.pop(checkpoint))
-
-    def flush(self, checkpoint, by_seed):
-        args, steps = self.args, self.steps_at(checkpoint)
-        elapsed = time.time() - self.start
-        sps = steps * args.num_seeds / max(elapsed, 1e-9)
-        seeds = sorted(by_seed)
-        returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
-        metric = np.array([by_seed[s]["eval/episode_metric"].mean() for s in seeds])
-        eta = elapsed / (checkpoint + 1) * (args.num_evals - checkpoint - 1)
-        line = (f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | sps {sps:>9,.0f} | "
-                f"eval return {returns.mean():9.3f} ± {returns.std():7.3f}")
-        if not self.env.metric_is_return:
-            line += f" | {self.env.metric_name} {metric.mean():6.3f} ± {metric.std():6.3f}"
-        if "guider/episode_return" in by_seed[seeds[0]]:
-            guider = np.array([by_seed[s]["guider/episode_return"] for s in seeds])
-            line += f" | guider {guider.mean():9.3f}"
-        line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
-        print(line, flush=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            for s in seeds:
-                m = by_seed[s]
-                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
-                       "eval/episode_return": float(m["eval/episode_return"].mean()),
-                       "eval/episode_metric": float(m["eval/episode_metric"].mean()),
-                       "eval/episode_returns": m["eval/episode_return"].tolist(),
-                       **{k: float(v) for k, v in m.items() if not k.startswith("eval/")}}
-                f.write(json.dumps(row) + "\n")
-        for s in seeds:
-            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
-            entry[f"step_{checkpoint}"] = {
-                "step_count": steps,
-                "episode_return": by_seed[s]["eval/episode_return"].tolist(),
-                self.env.metric_name: by_seed[s]["eval/episode_metric"].tolist(),
-            }
-        self.write_marl_eval()
-        if self.wandb is not None:
-            log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
-            for k in by_seed[seeds[0]]:
-                if not k.startswith("eval/"):
-                    log[k] = float(np.mean([by_seed[s][k] for s in seeds]))
-            for s, r in zip(seeds, returns):
-                log[f"eval/episode_return_seed{s}"] = r
-            self.wandb.log(log, step=steps)
-
-    def finish(self, results):
-        """The absolute metric per seed, after the compiled run returns."""
-        abs_returns = np.asarray(results["absolute/episode_return"])
-        abs_metrics = np.asarray(results["absolute/episode_metric"])
-        for s in range(self.args.num_seeds):
-            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
-            entry["absolute_metrics"] = {"episode_return": abs_returns[s].tolist(),
-                                         self.env.metric_name: abs_metrics[s].tolist()}
-        self.write_marl_eval()
-        summary = {"absolute/episode_return": abs_returns.mean(1).tolist(),
-                   "absolute/episode_metric": abs_metrics.mean(1).tolist()}
-        (self.run_dir / "absolute_metric.json").write_text(json.dumps(summary, indent=1))
-        per_seed_r, per_seed_m = abs_returns.mean(1), abs_metrics.mean(1)
-        line = f"absolute metric (best checkpoint, {abs_returns.shape[1]} episodes): return " \
-               f"{per_seed_r.mean():.3f} ± {per_seed_r.std():.3f}"
-        if not self.env.metric_is_return:
-            line += f", {self.env.metric_name} {per_seed_m.mean():.3f} ± {per_seed_m.std():.3f}"
-        print(line, flush=True)
-        if self.wandb is not None:
-            self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
-            self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
-
-    def write_marl_eval(self):
-        tmp = self.run_dir / "marl_eval.json.tmp"
-        tmp.write_text(json.dumps(self.marl_eval))
-        os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
-
-
-def fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def make_run_dir(args: Args) -> Path:
-    name = args.run_name or f"{args.env_id}__{system_name(args)}__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    base = Path(args.out_dir) / name
-    path, n = base, 1
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:  # never overwrite another run
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        except OSError as error:  # not a folder, no permission, a read-only disk
-            raise ArgError(f"--out-dir {args.out_dir}: cannot create the run folder {path}: "
-                           f"{error.strerror or error}") from None
-
-
-def save_models(run_dir: Path, results) -> None:
-    """Each seed's deployed policy: the learner (the actor), or under --ctce the guider."""
-    models = run_dir / "models"
-    models.mkdir(exist_ok=True)
-    for which in ("actor", "best_actor"):
-        params = jax.device_get(results[which])
-        for s in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
-            one = jax.tree_util.tree_map(lambda x: x[s], params)
-            name = "final" if which == "actor" else "best"
-            (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
-
-
-# ==================================================================================================
-# main
+# main. The run plumbing around it (the command line, the run folder, progress lines and result
+# files, wandb, saving and reloading) is the same in every script: runs.py.
 # ==================================================================================================
 def parse_args(argv=None) -> Args:
-    """tyro's parser, with its errors reduced to one line on stderr and exit code 2."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
-            args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
-    except SystemExit as exit:
-        if exit.code in (0, None):  # --help
-            sys.stdout.write(buffer.getvalue())
-            raise
-        lines = [re.sub(r"^[\s│╭╰─|]+|[\s│╮╯─|]+$", "", l) for l in buffer.getvalue().splitlines()]
-        lines = [l for l in lines if l and set(l) - set("─-")]
-        message = lines[1] if len(lines) > 1 else "invalid arguments"
-        raise ArgError(f"{message} (see --help)") from None
-    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    return apply_preset(args, given)
+    """tyro's parser, with its errors reduced to one line on stderr and exit code 2; then --preset."""
+    return runs.parse_args(Args, apply_preset, __doc__, argv)
 
 
 def evaluate_saved(args: Args) -> None:
     """Reload the policies saved by a run (--save-model) and evaluate each on num_eval_episodes:
     the learner on local observations, or the guider's joint policy for a --ctce run."""
-    run_dir = Path(args.eval_from)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file() or not (run_dir / "models").is_dir():
-        raise ArgError(f"{run_dir} is not a run folder saved with --save-model (no config.json or models/)")
-    config = json.loads(config_path.read_text())
-    if config.get("algo") != ALGO:
-        raise ArgError(f"{run_dir} was trained by {config.get('algo')}.py, not {ALGO}.py")
-    saved = Args(**{k: v for k, v in config["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
-    saved = dataclasses.replace(saved, num_eval_episodes=args.num_eval_episodes, greedy_eval=args.greedy_eval)
-    env = envs.make(saved.env_id)
-    actor, guider = make_networks(saved, env)
-    evaluate = jax.jit(make_evaluate(saved, env, actor, guider), static_argnums=(2, 3))
-    A, key = env.num_agents, jax.random.PRNGKey(0)
-    if saved.ctce:
-        action = jnp.zeros((1, 1, A, env.num_actions)) if env.continuous else jnp.zeros((1, 1, A), jnp.int32)
-        template = guider.init(key, zero_guider_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
-                               jnp.zeros((1, 1), bool), jnp.zeros((1, 1), jnp.int32),
-                               jnp.ones((1, 1, A, env.num_actions), bool))
-    else:
-        template = actor.init(key, jnp.zeros((A, saved.hidden_dim)), jnp.zeros((1, A, env.obs_dim)),
-                              jnp.zeros((1, A), bool), jnp.ones((1, A, env.num_actions), bool))
-    for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
-        params = flax.serialization.from_bytes(template, path.read_bytes())
-        returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes, saved.ctce)
-        line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
-        if not env.metric_is_return:
-            line += f", {env.metric_name} {float(metrics.mean()):.3f}"
-        print(line + f" over {args.num_eval_episodes} episodes", flush=True)
 
+    def load_policy(saved: Args, env: envs.MultiAgentEnv):  # -> (evaluate, the saved parameters' template)
+        actor, guider = make_networks(saved, env)
+        evaluate = jax.jit(make_evaluate(saved, env, actor, guider), static_argnums=(2, 3))
+        A, key = env.num_agents, jax.random.PRNGKey(0)
+        if saved.ctce:
+            action = jnp.zeros((1, 1, A, env.num_actions)) if env.continuous else jnp.zeros((1, 1, A), jnp.int32)
+            template = guider.init(key, zero_guider_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
+                                   jnp.zeros((1, 1), bool), jnp.zeros((1, 1), jnp.int32),
+                                   jnp.ones((1, 1, A, env.num_actions), bool))
+        else:
+            template = actor.init(key, jnp.zeros((A, saved.hidden_dim)), jnp.zeros((1, A, env.obs_dim)),
+                                  jnp.zeros((1, A), bool), jnp.ones((1, A, env.num_actions), bool))
+        return (lambda params, key, num_episodes: evaluate(params, key, num_episodes, saved.ctce)), template
 
-def shard_seeds(*arrays):
-    """Split the seed axis of `arrays` across the visible devices (JAX's sharding: the one compiled
-    run is then partitioned by seed, each device training its share, and the progress callbacks
-    still see every seed). Uses the most devices that divide the number of seeds; with one device
-    the arrays stay as they are. Returns the arrays and the number of devices used."""
-    devices = jax.devices()
-    count = max(n for n in range(1, len(devices) + 1) if arrays[0].shape[0] % n == 0)
-    if count == 1:
-        return arrays, 1
-    mesh = jax.sharding.Mesh(np.array(devices[:count]), ("seeds",))
-    return jax.device_put(arrays, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))), count
+    runs.evaluate_saved(args, Args, ALGO, load_policy)
 
 
 def main(argv=None) -> None:
@@ -1409,40 +1213,18 @@ def main(argv=None) -> None:
         return evaluate_saved(args)
     check_args(args)
     env = envs.make(args.env_id)
-
-    run_dir = make_run_dir(args)
-    config = {"algo": ALGO, "system": system_name(args), "args": dataclasses.asdict(args), "env": repr(env),
-              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
-    print(f"{system_name(args)} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
-          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
-
-    reporter = Reporter(args, env, run_dir, wandb_run)
+    system = system_name(args)  # the method's name in the results
+    run_dir, wandb_run = runs.start_run(args, env, ALGO, system)  # runs/<run>/config.json, wandb, header
+    # the progress line also shows the guider's own (centralised) return
+    reporter = runs.Reporter(args, env, run_dir, wandb_run, system=system, columns={"guider/episode_return": "guider"})
+    # All seeds in one compiled call: seed i trains from fold_in(PRNGKey(seed), i).
     train = jax.vmap(make_train(args, env, reporter))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
-    (keys, seed_indices), num_devices = shard_seeds(keys, jnp.arange(args.num_seeds))
-    t0 = time.time()
-    compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
-    on = f", seeds split across {num_devices} devices" if num_devices > 1 else ""
-    print(f"compiled in {time.time() - t0:.1f}s{on}", flush=True)
-    reporter.start = time.time()
-    results = jax.block_until_ready(compiled(keys, seed_indices))
-    reporter.finish(results)
-    if args.save_model:
-        save_models(run_dir, results)
-        print(f"saved policies to {run_dir / 'models'}; evaluate with: python {ALGO}.py --eval-from {run_dir}")
-    if wandb_run is not None:
-        wandb_run.finish()
+    results = runs.compile_and_run(train, keys, reporter)
+    # The absolute metric; under --save-model each seed's deployed policy:
+    # the learner (the actor), or under --ctce the guider.
+    runs.finish_run(args, run_dir, results, reporter, wandb_run, ALGO, saved="policies")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ArgError, envs.UnknownEnvError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    runs.cli(main)

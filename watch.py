@@ -139,7 +139,7 @@ class Run:
 def known_algos() -> list[str]:
     """The training scripts next to this file: those that save models and evaluate them."""
     return sorted(p.stem for p in ROOT.glob("*.py")
-                  if p.stem not in ("watch", "envs") and "def evaluate_saved" in p.read_text())
+                  if p.stem not in ("watch", "envs", "runs") and "def evaluate_saved" in p.read_text())
 
 
 def load_run(path: str | Path) -> Run:

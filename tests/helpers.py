@@ -67,9 +67,14 @@ def randomised(params, key, scale=0.3):
     return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
+def system_name(module, args) -> str:
+    """The method's name in a script's results (the guided scripts' system_name, else its ALGO)."""
+    return module.system_name(args) if hasattr(module, "system_name") else module.ALGO
+
+
 def write_config(folder, module, args, env):
     """The config.json a script's main() writes into its run folder (for tests that fake a run)."""
-    system = module.system_name(args) if hasattr(module, "system_name") else module.ALGO
+    system = system_name(module, args)
     config = {"algo": module.ALGO, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
               "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
     (folder / "config.json").write_text(json.dumps(config, indent=1))

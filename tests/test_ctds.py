@@ -95,7 +95,7 @@ def test_preset_paper_takes_magpos_row_without_delta_and_lambda():
 SAME = ["TanhNormal", "policy_entropy", "ActionHead", "env_action",
         "Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
         "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
-        "make_networks", "make_optimizer", "make_evaluate", "Reporter", "make_run_dir", "parse_args",
+        "make_networks", "make_optimizer", "make_evaluate", "parse_args",
         "reorder_agents", "next_memory_index"]
 
 

@@ -168,7 +168,7 @@ def test_magpo_mat_is_magpo_sable_with_another_guider():
     shared = [name for name, obj in vars(ms).items()
               if inspect.isfunction(obj) or inspect.isclass(obj) and obj.__module__ == ms.__name__]
     shared = [name for name in shared if name not in guider_only and hasattr(mm, name)]
-    assert {"make_train", "make_evaluate", "guider_objective", "actor_objective", "Reporter", "evaluate_saved",
+    assert {"make_train", "make_evaluate", "guider_objective", "actor_objective", "evaluate_saved",
             "main", "Transition", "RunnerState"} <= set(shared)
     for name in shared:
         assert inspect.getsource(getattr(mm, name)) == inspect.getsource(getattr(ms, name)), name

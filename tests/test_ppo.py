@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import envs
+import runs
 from helpers import cli_env, error_lines, fast_jit, random_policy_return
 import ippo
 import mappo
@@ -310,7 +311,7 @@ def test_cli_trains_streams_results_saves_and_reloads(name, cli_runs, tmp_path):
     assert json.loads((run / "config.json").read_text())["algo"] == name
     # a second run with the same name does not overwrite the first
     args = SCRIPTS[name].Args(out_dir=str(folder / "out"), run_name="r")
-    assert SCRIPTS[name].make_run_dir(args) == folder / "out" / "r-2"
+    assert runs.make_run_dir(args, name) == folder / "out" / "r-2"
     assert (run / "metrics.jsonl").exists()
     # reload the saved actors and evaluate them
     models = sorted(p.name for p in (run / "models").iterdir())

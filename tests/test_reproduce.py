@@ -15,7 +15,8 @@ import envs
 import magpo_sable
 import mappo
 from benchmarks import plot, reproduce
-from helpers import write_config
+from helpers import system_name, write_config
+from runs import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["coordsum-3x10", "connector-5x5x3a"]  # a task scored by its return, and one by its win rate
@@ -33,7 +34,7 @@ def write_run(folder: Path, module, args, absolute: np.ndarray, finished: bool =
     env = envs.make(args.env_id)
     folder.mkdir(parents=True)
     write_config(folder, module, args, env)
-    reporter = module.Reporter(args, env, folder)
+    reporter = Reporter(args, env, folder, system=system_name(module, args))
     rng = np.random.default_rng(0)
     for k in range(args.num_evals):
         for s in range(args.num_seeds):

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import envs
+from runs import save_models
 from helpers import FAST_COMPILE, error_lines, fast_jit, write_config
 import magpo_sable
 import mappo
@@ -49,8 +50,8 @@ def saved_shapes(module, args, env):
 
 
 def save_run(path: Path, module, args) -> dict:
-    """A run folder as `--save-model` leaves it (config.json, models/ written by the script's own
-    save_models), with random parameters: -> {(seed, "best" | "final"): params}."""
+    """A run folder as `--save-model` leaves it (config.json, models/ written by runs.save_models,
+    as the script's main() calls it), with random parameters: -> {(seed, "best" | "final"): params}."""
     env = envs.make(args.env_id)
     path.mkdir(parents=True)
     write_config(path, module, args, env)
@@ -59,7 +60,7 @@ def save_run(path: Path, module, args) -> dict:
               for s in range(args.num_seeds) for i, which in enumerate(("final", "best"))}
     stack = lambda which: jax.tree_util.tree_map(lambda *x: jnp.stack(x),
                                                  *[params[s, which] for s in range(args.num_seeds)])
-    module.save_models(path, {"actor": stack("final"), "best_actor": stack("best")})
+    save_models(path, {"actor": stack("final"), "best_actor": stack("best")})
     return params
 
 

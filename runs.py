@@ -1,0 +1,352 @@
+"""The run plumbing shared by the five training scripts (ippo.py, mappo.py, magpo_sable.py,
+magpo_mat.py, ctds.py): everything around the algorithm that is the same in all of them.
+
+- the command line: `parse_args` (tyro, its errors reduced to one line), `ArgError` and `cli`
+  (a bad input is one line `error: ...` on stderr and exit code 2), the generic flag checks
+  `check_run_args`, and --preset paper's lookup in paper_params.csv (`paper_row`, `preset_values`);
+- the run folder: `make_run_dir` (runs/<run-name>/, never overwritten) and `start_run`
+  (config.json, wandb, the header line);
+- the compiled run: `shard_seeds` (the seed axis across devices) and `compile_and_run`;
+- the results: `Reporter` (the progress line, metrics.jsonl, marl_eval.json, absolute_metric.json,
+  wandb), `finish_run`, `save_models` (models/seed_<i>_{final,best}.msgpack) and the generic part
+  of `evaluate_saved` (--eval-from);
+- `fmt_time`.
+
+None of it is the algorithm: a script's Args, networks, losses, jitted training scan and
+evaluation stay in the script, which passes in what differs (its name, the name of its method in
+the results, how to rebuild the policy it saved). To prototype a new method, copy one script with
+envs.py and this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+import envs
+
+
+# ==================================================================================================
+# The command line
+# ==================================================================================================
+class ArgError(ValueError):
+    """A bad flag value: reported as one line on stderr, exit code 2."""
+
+
+def parse_args(args_type: type, apply_preset: Callable, description: str, argv=None):
+    """tyro's parser for the dataclass `args_type`, with its errors reduced to one line on stderr and
+    exit code 2; then `apply_preset(args, explicit flags)` (the script's --preset, under every flag
+    given on the command line). `description`: the script's docstring (its first paragraph is --help's)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
+            args = tyro.cli(args_type, args=argv, description=description.split("\n\n")[0])
+    except SystemExit as exit:
+        if exit.code in (0, None):  # --help
+            sys.stdout.write(buffer.getvalue())
+            raise
+        lines = [re.sub(r"^[\s│╭╰─|]+|[\s│╮╯─|]+$", "", l) for l in buffer.getvalue().splitlines()]
+        lines = [l for l in lines if l and set(l) - set("─-")]
+        message = lines[1] if len(lines) > 1 else "invalid arguments"
+        raise ArgError(f"{message} (see --help)") from None
+    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    return apply_preset(args, given)
+
+
+def paper_row(args, system: str, required: bool = True) -> dict | None:
+    """--preset paper: the row of paper_params.csv (the paper's tuned hyperparameters, one row per
+    method and task) for `system` on args.env_id; None without --preset. A missing row is an
+    ArgError naming the tasks the paper has for that method, or None when not `required`."""
+    if args.preset is None:
+        return None
+    if args.preset != "paper":
+        raise ArgError(f"unknown --preset {args.preset!r}; the only preset is 'paper'")
+    family, _, task = args.env_id.partition("-")
+    task = "con-" + task if family == "connector" else task
+    path = Path(__file__).with_name("paper_params.csv")
+    with open(path) as f:
+        rows = [{k: v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    row = next((r for r in rows if r["system_name"] == system and r["task"] == task and r["env_name"] == family), None)
+    if row is None and required:
+        have = sorted(f"{r['env_name']}-{r['task']}" for r in rows if r["system_name"] == system)
+        raise ArgError(f"the paper lists no {system} configuration for {args.env_id}; it has: {', '.join(have)}")
+    return row
+
+
+def preset_values(args, row: dict | None, columns: dict, explicit: set[str]):
+    """args with the values of `row` (none: args as they are), `columns` mapping a csv column to
+    (flag, type), under every flag in `explicit` (those given on the command line win)."""
+    if row is None:
+        return args
+    values = {flag: cast(row[col]) for col, (flag, cast) in columns.items() if row.get(col)}
+    return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
+
+
+def check_run_args(args) -> None:
+    """The checks every script's check_args starts with: no nan or inf in a float flag, and a
+    --run-name that is a plain folder name."""
+    for field in dataclasses.fields(args):  # nan or inf would train silently to nan
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ArgError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
+    if args.run_name is not None and (Path(args.run_name).name != args.run_name or args.run_name in ("", ".", "..")):
+        raise ArgError(f"--run-name must be a plain folder name (no path separator, not '.' or '..'), "
+                       f"got {args.run_name!r}")
+
+
+def cli(main: Callable[[], Any]) -> None:
+    """A script's `if __name__ == "__main__"`: run `main()`; a bad flag or an unknown task is one
+    line `error: ...` on stderr and exit code 2 (no traceback)."""
+    try:
+        main()
+    except (ArgError, envs.UnknownEnvError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ==================================================================================================
+# The run folder
+# ==================================================================================================
+def fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def make_run_dir(args, system: str) -> Path:
+    """args.out_dir/args.run_name (default: <env-id>__<system>__<seed>__<time>), created; a name
+    already taken gets a suffix -2, -3, ... (a run never overwrites another)."""
+    name = args.run_name or f"{args.env_id}__{system}__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path(args.out_dir) / name
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:  # never overwrite another run
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        except OSError as error:  # not a folder, no permission, a read-only disk
+            raise ArgError(f"--out-dir {args.out_dir}: cannot create the run folder {path}: "
+                           f"{error.strerror or error}") from None
+
+
+def start_run(args, env: envs.MultiAgentEnv, algo: str, system: str):
+    """The run folder with its config.json (which script trained it, under which method name, every
+    flag), wandb under --track, and the header line. Returns (run_dir, wandb_run or None)."""
+    run_dir = make_run_dir(args, system)
+    config = {"algo": algo, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
+              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(project=args.wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
+    print(f"{system} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
+          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
+    return run_dir, wandb_run
+
+
+# ==================================================================================================
+# Reporting: progress lines, results on disk, wandb
+# ==================================================================================================
+class Reporter:
+    """Gathers the per-seed callbacks of each checkpoint; once all seeds have reported it prints one
+    progress line, appends the checkpoint to the run's files, and logs to wandb.
+
+    `system` names the method in marl_eval.json (marl-eval's nesting: family / task / system /
+    seed_<i>). `columns` maps a metric the training reports to a label: where that metric is present
+    the progress line gets a column `| label <seed mean>` after the evaluation (the guided scripts
+    show their guider's own return that way)."""
+
+    def __init__(self, args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None, *, system: str,
+                 columns: dict[str, str] | None = None):
+        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_run
+        self.columns = columns or {}
+        self.pending: dict[int, dict[int, dict]] = {}
+        self.start = time.time()
+        self.system = system
+        self.marl_eval = {env.family: {env.env_id: {self.system: {}}}}  # marl-eval's nesting
+
+    def steps_at(self, checkpoint: int) -> int:
+        return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
+
+    def __call__(self, seed_index, checkpoint, metrics):
+        seed_index, checkpoint = int(seed_index), int(checkpoint)
+        metrics = jax.tree_util.tree_map(np.asarray, metrics)
+        self.pending.setdefault(checkpoint, {})[seed_index] = metrics
+        if len(self.pending[checkpoint]) == self.args.num_seeds:
+            self.flush(checkpoint, self.pending.pop(checkpoint))
+
+    def flush(self, checkpoint, by_seed):
+        args, steps = self.args, self.steps_at(checkpoint)
+        elapsed = time.time() - self.start
+        sps = steps * args.num_seeds / max(elapsed, 1e-9)
+        seeds = sorted(by_seed)
+        returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
+        metric = np.array([by_seed[s]["eval/episode_metric"].mean() for s in seeds])
+        eta = elapsed / (checkpoint + 1) * (args.num_evals - checkpoint - 1)
+        line = (f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | sps {sps:>9,.0f} | "
+                f"eval return {returns.mean():9.3f} ± {returns.std():7.3f}")
+        if not self.env.metric_is_return:
+            line += f" | {self.env.metric_name} {metric.mean():6.3f} ± {metric.std():6.3f}"
+        for key, label in self.columns.items():
+            if key in by_seed[seeds[0]]:
+                column = np.array([by_seed[s][key] for s in seeds])
+                line += f" | {label} {column.mean():9.3f}"
+        line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
+        print(line, flush=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            for s in seeds:
+                m = by_seed[s]
+                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
+                       "eval/episode_return": float(m["eval/episode_return"].mean()),
+                       "eval/episode_metric": float(m["eval/episode_metric"].mean()),
+                       "eval/episode_returns": m["eval/episode_return"].tolist(),
+                       **{k: float(v) for k, v in m.items() if not k.startswith("eval/")}}
+                f.write(json.dumps(row) + "\n")
+        for s in seeds:
+            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry[f"step_{checkpoint}"] = {
+                "step_count": steps,
+                "episode_return": by_seed[s]["eval/episode_return"].tolist(),
+                self.env.metric_name: by_seed[s]["eval/episode_metric"].tolist(),
+            }
+        self.write_marl_eval()
+        if self.wandb is not None:
+            log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
+            for k in by_seed[seeds[0]]:
+                if not k.startswith("eval/"):
+                    log[k] = float(np.mean([by_seed[s][k] for s in seeds]))
+            for s, r in zip(seeds, returns):
+                log[f"eval/episode_return_seed{s}"] = r
+            self.wandb.log(log, step=steps)
+
+    def finish(self, results):
+        """The absolute metric per seed, after the compiled run returns."""
+        abs_returns = np.asarray(results["absolute/episode_return"])
+        abs_metrics = np.asarray(results["absolute/episode_metric"])
+        for s in range(self.args.num_seeds):
+            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry["absolute_metrics"] = {"episode_return": abs_returns[s].tolist(),
+                                         self.env.metric_name: abs_metrics[s].tolist()}
+        self.write_marl_eval()
+        summary = {"absolute/episode_return": abs_returns.mean(1).tolist(),
+                   "absolute/episode_metric": abs_metrics.mean(1).tolist()}
+        (self.run_dir / "absolute_metric.json").write_text(json.dumps(summary, indent=1))
+        per_seed_r, per_seed_m = abs_returns.mean(1), abs_metrics.mean(1)
+        line = f"absolute metric (best checkpoint, {abs_returns.shape[1]} episodes): return " \
+               f"{per_seed_r.mean():.3f} ± {per_seed_r.std():.3f}"
+        if not self.env.metric_is_return:
+            line += f", {self.env.metric_name} {per_seed_m.mean():.3f} ± {per_seed_m.std():.3f}"
+        print(line, flush=True)
+        if self.wandb is not None:
+            self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
+            self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
+
+    def write_marl_eval(self):
+        tmp = self.run_dir / "marl_eval.json.tmp"
+        tmp.write_text(json.dumps(self.marl_eval))
+        os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
+
+
+# ==================================================================================================
+# The compiled run
+# ==================================================================================================
+def shard_seeds(*arrays):
+    """Split the seed axis of `arrays` across the visible devices (JAX's sharding: the one compiled
+    run is then partitioned by seed, each device training its share, and the progress callbacks
+    still see every seed). Uses the most devices that divide the number of seeds; with one device
+    the arrays stay as they are. Returns the arrays and the number of devices used."""
+    devices = jax.devices()
+    count = max(n for n in range(1, len(devices) + 1) if arrays[0].shape[0] % n == 0)
+    if count == 1:
+        return arrays, 1
+    mesh = jax.sharding.Mesh(np.array(devices[:count]), ("seeds",))
+    return jax.device_put(arrays, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))), count
+
+
+def compile_and_run(train: Callable, keys: jax.Array, reporter: Reporter):
+    """train(keys, seed_indices), the script's seed-vmapped training, compiled exactly once (the
+    seeds split across the devices, `shard_seeds`) and run to the end; the Reporter's clock starts
+    after the compilation. Returns the results, on the host's side of block_until_ready."""
+    seed_indices = jnp.arange(keys.shape[0])
+    (keys, seed_indices), num_devices = shard_seeds(keys, seed_indices)
+    t0 = time.time()
+    compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
+    on = f", seeds split across {num_devices} devices" if num_devices > 1 else ""
+    print(f"compiled in {time.time() - t0:.1f}s{on}", flush=True)
+    reporter.start = time.time()
+    return jax.block_until_ready(compiled(keys, seed_indices))
+
+
+def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_run, algo: str, saved: str = "actors") -> None:
+    """The absolute metric (Reporter.finish), the saved models under --save-model (`saved` names
+    them in the message: actors, policies), and wandb's end."""
+    reporter.finish(results)
+    if args.save_model:
+        save_models(run_dir, results)
+        print(f"saved {saved} to {run_dir / 'models'}; evaluate with: python {algo}.py --eval-from {run_dir}")
+    if wandb_run is not None:
+        wandb_run.finish()
+
+
+# ==================================================================================================
+# Saved models: writing and reloading
+# ==================================================================================================
+def save_models(run_dir: Path, results) -> None:
+    """Each seed's deployed policy, results["actor"] (final) and results["best_actor"] (the best
+    checkpoint), stacked over seeds: -> models/seed_<i>_final.msgpack, models/seed_<i>_best.msgpack."""
+    models = run_dir / "models"
+    models.mkdir(exist_ok=True)
+    for which in ("actor", "best_actor"):
+        params = jax.device_get(results[which])
+        for s in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
+            one = jax.tree_util.tree_map(lambda x: x[s], params)
+            name = "final" if which == "actor" else "best"
+            (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
+
+
+def evaluate_saved(args, args_type: type, algo: str, load_policy: Callable) -> None:
+    """--eval-from: reload the policies saved by a run (--save-model) and evaluate each best
+    checkpoint on args.num_eval_episodes, one line per seed.
+
+    `load_policy(saved_args, env) -> (evaluate, template)` is the script's part: `evaluate(params,
+    key, num_episodes) -> (returns, metrics)` and a parameter tree of the saved policy's structure
+    (what flax.serialization fills in)."""
+    run_dir = Path(args.eval_from)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file() or not (run_dir / "models").is_dir():
+        raise ArgError(f"{run_dir} is not a run folder saved with --save-model (no config.json or models/)")
+    config = json.loads(config_path.read_text())
+    if config.get("algo") != algo:
+        raise ArgError(f"{run_dir} was trained by {config.get('algo')}.py, not {algo}.py")
+    fields = {f.name for f in dataclasses.fields(args_type)}
+    saved = args_type(**{k: v for k, v in config["args"].items() if k in fields})
+    saved = dataclasses.replace(saved, num_eval_episodes=args.num_eval_episodes, greedy_eval=args.greedy_eval)
+    env = envs.make(saved.env_id)
+    evaluate, template = load_policy(saved, env)
+    for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
+        params = flax.serialization.from_bytes(template, path.read_bytes())
+        returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes)
+        line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
+        if not env.metric_is_return:
+            line += f", {env.metric_name} {float(metrics.mean()):.3f}"
+        print(line + f" over {args.num_eval_episodes} episodes", flush=True)
