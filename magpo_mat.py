@@ -149,6 +149,12 @@ class Args:
     guider's decoder is trained on agent orders other than the rollout's (its ratios start away from 1; the
     paper does not say; docs/fidelity.md L7). --no-shuffle-agents: the rollout's order, whose replay makes
     loss/first_ratio_dev exactly 0"""
+    update_batch_size: int = 1
+    """NOTE(paper vs official code): as the released code's `update_batch_size` (2 in every run: its 64 envs per
+    batch are our 128), split the environments into this many equal groups that share every random key (the
+    rollout's sampling noise and the minibatch order), with the advantages normalised within each group's part
+    of a minibatch (rec_magpo.py:283, :356, :519, :643-665; `group_minibatches`). 1: minibatches over all
+    environments, advantages normalised over the minibatch, independent noise"""
 
     @property
     def steps_per_update(self) -> int:
@@ -208,6 +214,12 @@ def check_args(args: Args) -> None:
     if args.rollout_length % args.chunk_size:
         raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
     sequences = args.num_envs * (args.rollout_length // args.chunk_size)
+    if args.update_batch_size < 1 or args.num_envs % args.update_batch_size:
+        raise ArgError(f"--update-batch-size {args.update_batch_size} must be positive and divide "
+                       f"--num-envs {args.num_envs}")
+    if (sequences // args.update_batch_size) % args.num_minibatches:
+        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences // args.update_batch_size} "
+                       f"sequences of each of the --update-batch-size {args.update_batch_size} groups")
     if sequences % args.num_minibatches:
         raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
                        f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
@@ -527,6 +539,17 @@ class Guider(nn.Module):
         return jnp.stack(actions, 1), jnp.stack(log_probs, 1), value, hidden
 
 
+def act_in_groups(guider: Guider, params, hidden, obs, reset, step_count, action_mask, key, groups):
+    """`Guider.act` on all E environments; with `groups` G > 1 (--update-batch-size) its G groups of E/G
+    environments draw their sampling noise from one key, as the released code's update batches do."""
+    if groups == 1:
+        return guider.apply(params, hidden, obs, reset, step_count, action_mask, key, method=Guider.act)
+    split = lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:])  # noqa: E731
+    acted = jax.vmap(lambda *xs: guider.apply(params, *xs, key, method=Guider.act))(
+        *jax.tree_util.tree_map(split, (hidden, obs, reset, step_count, action_mask)))
+    return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), acted)
+
+
 def zero_guider_hidden(args: Args, batch: int) -> tuple:
     """MAT carries nothing from one step to the next: its state is empty."""
     return ()
@@ -643,6 +666,26 @@ def clipped_value_loss(value, old_value, targets, clip_eps):
 
 def normalize(x):
     return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def group_minibatches(key, num_sequences, num_envs, groups, num_minibatches):
+    """The sequences n = k * E + e of each minibatch, (num_minibatches, num_sequences // num_minibatches).
+    With groups G > 1 (--update-batch-size) the environments form G equal groups e = g * E/G + e' that draw
+    the same random order, as the released code's update batches share one key: each minibatch holds the
+    same positions of every group, group after group. G = 1: one permutation of all sequences."""
+    group_envs = num_envs // groups
+    local = jax.random.permutation(key, num_sequences // groups).reshape(num_minibatches, -1)  # k * E/G + e'
+    return jnp.concatenate([(local // group_envs) * num_envs + g * group_envs + local % group_envs
+                            for g in range(groups)], axis=1)
+
+
+def normalize_groups(x, groups):
+    """`normalize` within each of the `groups` equal parts of axis 1 (a minibatch from `group_minibatches`):
+    the released code normalises its advantages inside each update batch's minibatch."""
+    if groups == 1:
+        return normalize(x)
+    parts = x.reshape(x.shape[0], groups, -1, *x.shape[2:])
+    return jax.vmap(normalize, in_axes=1, out_axes=1)(parts).reshape(x.shape)
 
 
 def keep_best(best_params, best_return, params, mean_return):
@@ -803,9 +846,9 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 key, action_key = jax.random.split(runner.key)
                 ts = runner.timestep
                 step_count = env.position(runner.env_state)
-                action, log_prob, value, guider_hidden = guider.apply(
-                    runner.params.guider, runner.guider_hidden, ts.obs, ts.reset, step_count, ts.action_mask,
-                    action_key, method=Guider.act)
+                action, log_prob, value, guider_hidden = act_in_groups(
+                    guider, runner.params.guider, runner.guider_hidden, ts.obs, ts.reset, step_count,
+                    ts.action_mask, action_key, args.update_batch_size)
                 actor_hidden, actor_log_prob = runner.actor_hidden, jnp.zeros_like(log_prob)
                 if not args.ctce:
                     # Step the learner's GRU on its own observations, so that the hidden states stored
@@ -910,10 +953,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 # NOTE(paper vs official code): as the released code, by default the agents are reordered by
                 # one permutation per epoch before the guider's teacher-forced pass, which changes what each
                 # decoder step is conditioned on (ratios != 1 from the start; --no-shuffle-agents keeps the
-                # rollout's order). (Its stale memory after the first epoch, magpo_sable.py's
-                # --stale-epoch-memory, has nothing to act on: MAT keeps no memory across steps.)
+                # rollout's order), and from the 2nd epoch on each trajectory is replayed from another one's
+                # guider memory, a bug there (--no-stale-epoch-memory: each sequence from its own).
                 train_state, memory_index = carry  # memory_index[n]: the stored guider memory sequence n starts from
-                minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
+                minibatches = group_minibatches(epoch_key, N, E, args.update_batch_size, args.num_minibatches)
                 # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)
                 entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
                 shuffled = jax.random.permutation(jax.random.fold_in(epoch_key, 2), A)  # the agents' order this epoch
@@ -929,7 +972,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                     # estimator with other draws.)
                     micro_indices = indices.reshape(-1, args.microbatch_sequences)
                     micro_keys = jax.random.split(entropy_key, len(micro_indices))
-                    advantages = normalize(sequences(chunks[1], indices))  # (C, minibatch, A)
+                    advantages = normalize_groups(sequences(chunks[1], indices), args.update_batch_size)  # (C, n, A)
                     micro_advantages = jnp.moveaxis(advantages.reshape(C, *micro_indices.shape, A), 1, 0)
 
                     def microbatch_gradient(grads, micro):
@@ -978,7 +1021,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ EVALUATE
             key, eval_key, guider_key = jax.random.split(runner.key, 3)
             returns, metrics = evaluate(deployed(runner.params), eval_key, args.num_eval_episodes, args.ctce)
-            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params), returns.mean())
+            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params),
+                                                returns.mean())
             runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()

@@ -157,7 +157,6 @@ class Args:
     store the shuffled memories back beside the unshuffled trajectories; `next_memory_index`), kept as the
     default because the paper's numbers came from it (docs/fidelity.md L8). --no-stale-epoch-memory: each
     sequence's own, the algorithm as the paper describes it"""
-
     update_batch_size: int = 1
     """NOTE(paper vs official code): as the released code's `update_batch_size` (2 in every run: its 64 envs per
     batch are our 128), split the environments into this many equal groups that share every random key (the
@@ -221,7 +220,8 @@ def check_args(args: Args) -> None:
         raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
     sequences = args.num_envs * (args.rollout_length // args.chunk_size)
     if args.update_batch_size < 1 or args.num_envs % args.update_batch_size:
-        raise ArgError(f"--update-batch-size {args.update_batch_size} must be positive and divide --num-envs {args.num_envs}")
+        raise ArgError(f"--update-batch-size {args.update_batch_size} must be positive and divide "
+                       f"--num-envs {args.num_envs}")
     if (sequences // args.update_batch_size) % args.num_minibatches:
         raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences // args.update_batch_size} "
                        f"sequences of each of the --update-batch-size {args.update_batch_size} groups")
@@ -1151,7 +1151,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             # ------------------------------------------------------------------ EVALUATE
             key, eval_key, guider_key = jax.random.split(runner.key, 3)
             returns, metrics = evaluate(deployed(runner.params), eval_key, args.num_eval_episodes, args.ctce)
-            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params), returns.mean())
+            best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params),
+                                                returns.mean())
             runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()

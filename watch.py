@@ -530,7 +530,7 @@ def main(argv=None) -> None:
     default = f"{env.env_id}_seed{args.seed_index}{'' if args.which == 'best' else '_final'}.gif"
     path = Path(args.gif) if args.gif else run.path / default
     num_frames = render_gif(env, episodes, path, args.fps, args.scale, args.max_frames)
-    shown = f"episode 1" if len(episodes) == 1 else f"episodes 1-{len(episodes)}"
+    shown = "episode 1" if len(episodes) == 1 else f"episodes 1-{len(episodes)}"
     print(f"gif: {path} ({shown}, {num_frames} frames, {path.stat().st_size / 1024:.0f} KB)")
 
 

@@ -1,6 +1,6 @@
-"""magpo_sable.py (and, where the two guiders share a test, magpo_mat.py): Eq. 8-11 on hand-computed values, Sable's chunkwise retention against its
-recurrent form, the training loop's invariants (ratios, decentralisation, seeds), learning on
-CoordSum, --ctce, and the command line."""
+"""magpo_sable.py (and, where the two guiders share a test, magpo_mat.py): Eq. 8-11 on hand-computed
+values, Sable's chunkwise retention against its recurrent form, the training loop's invariants (ratios,
+decentralisation, seeds), learning on CoordSum, --ctce, and the command line."""
 
 import difflib
 import json
@@ -104,7 +104,8 @@ def test_chunkwise_retention_equals_the_recurrent_form_with_resets(continuous):
     params = guider.init(jax.random.PRNGKey(0), hidden0, obs, action0, reset, step_count, mask)
     params = randomised(params, jax.random.PRNGKey(1))
     # a nonzero state carried in from an earlier rollout
-    hidden0 = ms.SableHidden(*(0.1 * jax.random.normal(k, hidden0.encoder.shape) for k in jax.random.split(jax.random.PRNGKey(2), 3)))
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    hidden0 = ms.SableHidden(*(0.1 * jax.random.normal(k, hidden0.encoder.shape) for k in keys))
 
     # recurrent: one step at a time, agents one after another (what the rollout does)
     act = fast_jit(lambda h, o, r, s, m, k: guider.apply(params, h, o, r, s, m, k, method=ms.Guider.act))

@@ -395,4 +395,5 @@ def test_ippo_and_mappo_differ_only_in_the_critic_input_and_their_names():
             and "parameters can still" not in l]
     assert sorted(code) == sorted(['ALGO = "ippo"', 'ALGO = "mappo"',
                                    "    return timestep.obs", "    state = timestep.global_state",
-                                   "    return jnp.broadcast_to(state[..., None, :], (*timestep.obs.shape[:-1], state.shape[-1]))"]), code
+                                   "    return jnp.broadcast_to(state[..., None, :], "
+                                   "(*timestep.obs.shape[:-1], state.shape[-1]))"]), code
