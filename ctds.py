@@ -652,7 +652,7 @@ def act_in_groups(guider: Guider, params, hidden, obs, reset, step_count, action
     environments draw their sampling noise from one key, as the released code's update batches do."""
     if groups == 1:
         return guider.apply(params, hidden, obs, reset, step_count, action_mask, key, method=Guider.act)
-    split = lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:])  # noqa: E731
+    split = lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
     acted = jax.vmap(lambda *xs: guider.apply(params, *xs, key, method=Guider.act))(
         *jax.tree_util.tree_map(split, (hidden, obs, reset, step_count, action_mask)))
     return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), acted)
