@@ -107,7 +107,8 @@ class Args:
     greedy_eval: bool = False
     """evaluate with the most likely action instead of sampling (the paper samples)"""
     recurrent_chunk_size: int | None = None
-    """truncated-BPTT chunk length for the update (default: the whole rollout)"""
+    """truncated-BPTT chunk length for the update (default: the whole rollout; under --ctce 1: MAT keeps no
+    memory across steps, and its minibatches are single time steps of all environments, as mat.py's)"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
     preset: str | None = None
@@ -170,7 +171,10 @@ class Args:
 
     @property
     def chunk_size(self) -> int:
-        return self.recurrent_chunk_size or self.rollout_length
+        # Under --ctce a "sequence" of one step is one sample: the released mat.py merges time and environments
+        # and shuffles single time steps into its minibatches (mat.py:243-258; docs/fidelity.md L6). MAGPO's
+        # learner is a GRU, so with a learner the update keeps whole sequences.
+        return self.recurrent_chunk_size or (1 if self.ctce else self.rollout_length)
 
     @property
     def minibatch_sequences(self) -> int:
@@ -180,8 +184,10 @@ class Args:
     def microbatch_sequences(self) -> int:
         # (performance, not the algorithm: skip on a first read)
         # Measured on a 2-core CPU (docs/speed.md): the transformer alone trains 1.1-1.6x faster in passes of
-        # 16 sequences, whose activations stay in cache; the learner's GRU steps fastest on the widest batch.
-        default = 16 if self.ctce and jax.default_backend() == "cpu" else self.minibatch_sequences
+        # 16 rollouts' worth of steps, whose activations stay in cache; the learner's GRU steps fastest on the
+        # widest batch.
+        cpu_ctce = self.ctce and jax.default_backend() == "cpu"
+        default = 16 * self.rollout_length // self.chunk_size if cpu_ctce else self.minibatch_sequences
         return math.gcd(self.microbatch_size or default, self.minibatch_sequences)
 
     @property

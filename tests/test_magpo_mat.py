@@ -106,6 +106,33 @@ def test_learner_learns_coordsum_with_aligned_replays_and_is_deterministic():
     np.testing.assert_array_equal(again["history"]["eval/episode_return"], h["eval/episode_return"])
 
 
+def test_ctce_minibatches_are_single_time_steps_as_mats():
+    """--ctce trains on single time steps of all environments shuffled together (mava's mat.py merges time
+    and environments before its permutation); that is exact because MAT carries no memory across steps: a
+    rollout's log-probs and values are the same whether it is fed as sequences or as single steps. With a
+    learner (a GRU) the minibatches stay whole sequences."""
+    mat, magpo = mm.parse_args(["--ctce", "--num-minibatches", "4"]), mm.parse_args(["--num-minibatches", "4"])
+    assert (mat.chunk_size, mat.minibatch_sequences) == (1, 128 * 128 // 4)
+    assert (magpo.chunk_size, magpo.minibatch_sequences) == (128, 128 // 4)
+    assert mm.parse_args(["--ctce", "--recurrent-chunk-size", "32"]).chunk_size == 32  # explicit flags win
+    guider = small_guider(False)
+    T, B = 5, 3
+    obs, mask, _ = batch(False, B=T * B)
+    rng = np.random.default_rng(1)
+    action = jnp.array(np.argmax(np.where(np.asarray(mask), rng.random(mask.shape), -1), -1), jnp.int32)
+    reset = jnp.array(rng.random(T * B) < 0.3)
+    steps = jnp.array(rng.integers(0, 10, T * B), jnp.int32)
+    params = randomised(guider.init(jax.random.PRNGKey(0), (), obs[None], action[None], reset[None], steps[None],
+                                    mask[None]), jax.random.PRNGKey(1))
+    as_steps = guider.apply(params, (), obs[None], action[None], reset[None], steps[None], mask[None])
+    sequence = lambda x: x.reshape(T, B, *x.shape[1:])
+    as_sequences = guider.apply(params, (), sequence(obs), sequence(action), sequence(reset), sequence(steps),
+                                sequence(mask))
+    np.testing.assert_allclose(as_sequences[0].reshape(-1, 4), as_steps[0][0], atol=1e-6)
+    np.testing.assert_allclose(as_sequences[1].log_prob(sequence(action)).reshape(-1, 4),
+                               as_steps[1].log_prob(action[None])[0], atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line, the preset, the diff ladder
 # --------------------------------------------------------------------------------------------------
