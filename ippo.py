@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -88,7 +88,7 @@ class Args:
     """truncated-BPTT chunk length for the update (default: the whole rollout)"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
-    preset: str | None = None
+    preset: Literal["paper"] | None = None
     """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
     out_dir: str = "runs"
     """where each run gets its own folder"""
@@ -404,9 +404,9 @@ def normalize(x):
 def keep_best(best_params, best_return, params, mean_return):
     """The best evaluation checkpoint so far, for the absolute metric. Ties go to the later
     checkpoint, as in Mava (rec_magpo.py replaces its best with `<=`)."""
-    better = mean_return >= best_return
+    better = (mean_return >= best_return) & jnp.isfinite(runs.max_abs(params))  # never a diverged policy
     best_params = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), best_params, params)
-    return best_params, jnp.maximum(mean_return, best_return)
+    return best_params, jnp.where(better, mean_return, best_return)
 
 
 # ==================================================================================================
@@ -607,6 +607,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
             summary = {k: v.mean() for k, v in train_metrics.items()}
             summary["episodes"] = train_metrics["episodes"].sum()
+            summary["params/max_abs"] = runs.max_abs(runner.params)  # not finite once a parameter is: diverged
             summary["loss/first_ratio_dev"] = train_metrics["loss/first_ratio_dev"].max()
             out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
             if report is not None:

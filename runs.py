@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,11 @@ import envs
 # ==================================================================================================
 # The command line
 # ==================================================================================================
+class Diverged(RuntimeError):
+    """Raised by finish_run, after every result is written, when a seed diverged: the one-line summary,
+    exit code 1."""
+
+
 class ArgError(ValueError):
     """A bad flag value: reported as one line on stderr, exit code 2."""
 
@@ -61,9 +65,11 @@ def parse_args(args_type: type, apply_preset: Callable, description: str, argv=N
         if exit.code in (0, None):  # --help
             sys.stdout.write(buffer.getvalue())
             raise
-        lines = [re.sub(r"^[\s│╭╰─|]+|[\s│╮╯─|]+$", "", l) for l in buffer.getvalue().splitlines()]
-        lines = [l for l in lines if l and set(l) - set("─-")]
-        message = lines[1] if len(lines) > 1 else "invalid arguments"
+        # tyro's box: a title, a rule, the message (wrapped over several lines), a rule, a hint
+        lines = [l.strip(" │╭╰╮╯|") for l in buffer.getvalue().splitlines()]
+        rules = [i for i, l in enumerate(lines) if l and not set(l) - set("─-")]
+        body = lines[rules[0] + 1:rules[1]] if len(rules) > 1 else []
+        message = " ".join(l.strip() for l in body if l.strip()) or "invalid arguments"
         raise ArgError(f"{message} (see --help)") from None
     given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
              if a.startswith("--")}
@@ -106,6 +112,9 @@ def check_run_args(args) -> None:
         value = getattr(args, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ArgError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
+    if not 0 <= args.seed < 2**31 // SEED_KEY_BASE or args.num_seeds > SEED_KEY_BASE:  # marl_eval.json's seed keys
+        raise ArgError(f"--seed must lie in [0, {2**31 // SEED_KEY_BASE}) and --num-seeds be at most {SEED_KEY_BASE}, "
+                       f"got {args.seed} and {args.num_seeds}")
     if args.run_name is not None and (Path(args.run_name).name != args.run_name or args.run_name in ("", ".", "..")):
         raise ArgError(f"--run-name must be a plain folder name (no path separator, not '.' or '..'), "
                        f"got {args.run_name!r}")
@@ -119,6 +128,9 @@ def cli(main: Callable[[], Any]) -> None:
     except (ArgError, envs.UnknownEnvError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 # ==================================================================================================
@@ -167,6 +179,9 @@ def start_run(args, env: envs.MultiAgentEnv, algo: str, system: str):
 # ==================================================================================================
 # Reporting: progress lines, results on disk, wandb
 # ==================================================================================================
+SEED_KEY_BASE = 10_000  # marl_eval.json's seed keys: seed_<--seed x SEED_KEY_BASE + index> (Reporter.seed_entry)
+
+
 class Reporter:
     """Gathers the per-seed callbacks of each checkpoint; once all seeds have reported it prints one
     progress line, appends the checkpoint to the run's files, and logs to wandb.
@@ -174,7 +189,12 @@ class Reporter:
     `system` names the method in marl_eval.json (marl-eval's nesting: family / task / system /
     seed_<i>). `columns` maps a metric the training reports to a label: where that metric is present
     the progress line gets a column `| label <seed mean>` after the evaluation (the guided scripts
-    show their guider's own return that way)."""
+    show their guider's own return that way).
+
+    A seed whose metrics stop being finite (a loss, or `params/max_abs`: a parameter) has diverged: it
+    is reported at that checkpoint (stderr: which seed, which metrics), from then on its rows in every
+    output say `"diverged": true` instead of numbers computed from NaN, the progress line is over the
+    other seeds, and finish_run ends the run with exit code 1."""
 
     def __init__(self, args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None, *, system: str,
                  columns: dict[str, str] | None = None):
@@ -184,6 +204,14 @@ class Reporter:
         self.start = time.time()
         self.system = system
         self.marl_eval = {env.family: {env.env_id: {self.system: {}}}}  # marl-eval's nesting
+        self.diverged: dict[int, tuple[int, list[str]]] = {}  # seed -> (checkpoint, the metrics not finite)
+
+    def seed_entry(self, seed_index: int) -> dict:
+        """marl_eval.json's entry of a seed. Its key `seed_<n>` is what marl-eval's merge accepts, with
+        n = --seed x 10,000 + the seed's index: unique across runs of other --seed values (seed_0 ... of
+        the default --seed 0), so merged runs never overwrite each other's seeds."""
+        runs_of_system = self.marl_eval[self.env.family][self.env.env_id][self.system]
+        return runs_of_system.setdefault(f"seed_{self.args.seed * SEED_KEY_BASE + seed_index}", {})
 
     def steps_at(self, checkpoint: int) -> int:
         return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
@@ -195,11 +223,30 @@ class Reporter:
         if len(self.pending[checkpoint]) == self.args.num_seeds:
             self.flush(checkpoint, self.pending.pop(checkpoint))
 
+    def check_finite(self, checkpoint, by_seed):
+        """(faults) Mark the seeds whose metrics are no longer finite as diverged, and say so once."""
+        for s in sorted(by_seed):
+            bad = [k for k, v in by_seed[s].items() if not np.isfinite(v).all()]
+            if bad and s not in self.diverged:
+                self.diverged[s] = (checkpoint, bad)
+                print(f"seed {s} diverged at checkpoint {checkpoint + 1} (step {self.steps_at(checkpoint):,}): "
+                      f"{', '.join(bad)} not finite; its later checkpoints are marked diverged, the other seeds "
+                      f"go on", file=sys.stderr, flush=True)
+
     def flush(self, checkpoint, by_seed):
         args, steps = self.args, self.steps_at(checkpoint)
         elapsed = time.time() - self.start
         sps = steps * args.num_seeds / max(elapsed, 1e-9)
-        seeds = sorted(by_seed)
+        self.check_finite(checkpoint, by_seed)
+        marked = {"checkpoint": checkpoint, "step": steps, "seed": args.seed, "diverged": True}
+        diverged = [s for s in sorted(by_seed) if s in self.diverged]
+        seeds = [s for s in sorted(by_seed) if s not in self.diverged]  # the seeds that report numbers
+        if not seeds:  # every seed diverged: nothing but the marks
+            print(f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | every seed diverged", flush=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.writelines(json.dumps({**marked, "seed_index": s}) + "\n" for s in diverged)
+            self.mark_marl_eval(checkpoint, steps, diverged)
+            return
         returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
         metric = np.array([by_seed[s]["eval/episode_metric"].mean() for s in seeds])
         eta = elapsed / (checkpoint + 1) * (args.num_evals - checkpoint - 1)
@@ -211,9 +258,12 @@ class Reporter:
             if key in by_seed[seeds[0]]:
                 column = np.array([by_seed[s][key] for s in seeds])
                 line += f" | {label} {column.mean():9.3f}"
+        if diverged:
+            line += f" | diverged {len(diverged)}/{args.num_seeds}"
         line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
         print(line, flush=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps({**marked, "seed_index": s}) + "\n" for s in diverged)
             for s in seeds:
                 m = by_seed[s]
                 row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
@@ -223,13 +273,13 @@ class Reporter:
                        **{k: float(v) for k, v in m.items() if not k.startswith("eval/")}}
                 f.write(json.dumps(row) + "\n")
         for s in seeds:
-            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry = self.seed_entry(s)
             entry[f"step_{checkpoint}"] = {
                 "step_count": steps,
                 "episode_return": by_seed[s]["eval/episode_return"].tolist(),
                 self.env.metric_name: by_seed[s]["eval/episode_metric"].tolist(),
             }
-        self.write_marl_eval()
+        self.mark_marl_eval(checkpoint, steps, diverged)
         if self.wandb is not None:
             log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
             for k in by_seed[seeds[0]]:
@@ -239,17 +289,26 @@ class Reporter:
                 log[f"eval/episode_return_seed{s}"] = r
             self.wandb.log(log, step=steps)
 
+    def mark_marl_eval(self, checkpoint, steps, diverged):
+        """marl_eval.json with this checkpoint's entry of each diverged seed marked, no numbers; written."""
+        for s in diverged:
+            entry = self.seed_entry(s)
+            entry[f"step_{checkpoint}"] = {"step_count": steps, "diverged": True}
+        self.write_marl_eval()
+
     def finish(self, results):
         """The absolute metric per seed, after the compiled run returns."""
         abs_returns = np.asarray(results["absolute/episode_return"])
         abs_metrics = np.asarray(results["absolute/episode_metric"])
         for s in range(self.args.num_seeds):
-            entry = self.marl_eval[self.env.family][self.env.env_id][self.system].setdefault(f"seed_{s}", {})
+            entry = self.seed_entry(s)
             entry["absolute_metrics"] = {"episode_return": abs_returns[s].tolist(),
                                          self.env.metric_name: abs_metrics[s].tolist()}
         self.write_marl_eval()
         summary = {"absolute/episode_return": abs_returns.mean(1).tolist(),
                    "absolute/episode_metric": abs_metrics.mean(1).tolist()}
+        if self.diverged:  # their absolute metric is their best checkpoint before diverging (keep_best)
+            summary["diverged"] = {str(s): {"checkpoint": c, "metrics": bad} for s, (c, bad) in self.diverged.items()}
         (self.run_dir / "absolute_metric.json").write_text(json.dumps(summary, indent=1))
         per_seed_r, per_seed_m = abs_returns.mean(1), abs_metrics.mean(1)
         line = f"absolute metric (best checkpoint, {abs_returns.shape[1]} episodes): return " \
@@ -261,6 +320,14 @@ class Reporter:
             self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
             self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
 
+    def divergence_summary(self) -> str | None:
+        """One line naming the diverged seeds, or None."""
+        if not self.diverged:
+            return None
+        where = ", ".join(f"seed {s} at checkpoint {c + 1} ({bad[0]})" for s, (c, bad) in sorted(self.diverged.items()))
+        return (f"{len(self.diverged)} of {self.args.num_seeds} seeds diverged: {where}; the results in "
+                f"{self.run_dir} mark them (their absolute metric is their best checkpoint before)")
+
     def write_marl_eval(self):
         tmp = self.run_dir / "marl_eval.json.tmp"
         tmp.write_text(json.dumps(self.marl_eval))
@@ -270,6 +337,12 @@ class Reporter:
 # ==================================================================================================
 # The compiled run
 # ==================================================================================================
+def max_abs(params) -> jax.Array:
+    """The largest magnitude in a parameter tree, inside the compiled run: not finite exactly when a
+    parameter is not (max propagates NaN), which is how the Reporter sees a seed diverge."""
+    return jnp.max(jnp.stack([jnp.abs(x).max() for x in jax.tree_util.tree_leaves(params)]))
+
+
 def shard_seeds(*arrays):
     """Split the seed axis of `arrays` across the visible devices (JAX's sharding: the one compiled
     run is then partitioned by seed, each device training its share, and the progress callbacks
@@ -306,6 +379,8 @@ def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_run, algo
         print(f"saved {saved} to {run_dir / 'models'}; evaluate with: python {algo}.py --eval-from {run_dir}")
     if wandb_run is not None:
         wandb_run.finish()
+    if reporter.divergence_summary():
+        raise Diverged(reporter.divergence_summary())
 
 
 # ==================================================================================================

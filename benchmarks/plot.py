@@ -1,7 +1,12 @@
 """Learning curves, per-family aggregates and the results table, from the run folders in runs/.
 
-    python benchmarks/plot.py                                        # runs/ -> docs/*.png, docs/results.md
-    python benchmarks/plot.py --runs /tmp/runs --out /tmp/docs --table /tmp/docs/results.md
+    python benchmarks/plot.py                       # runs/ -> runs/plots/*.png, runs/plots/results.md
+    python benchmarks/plot.py --docs                # runs/ -> docs/*.png, docs/results.md (the committed ones)
+    python benchmarks/plot.py --runs /tmp/runs --out /tmp/plots --table /tmp/plots/results.md
+    python benchmarks/plot.py --marl-eval merged.json   # the same runs in one file for marl-eval
+
+By default nothing under docs/ is touched: the figures and the table go to `<runs>/plots/`; `--docs`
+writes the committed docs/ figures and docs/results.md instead.
 
 Reads every `<runs>/<run>/` that holds config.json, marl_eval.json and absolute_metric.json (a run
 without absolute_metric.json was killed or is still running: listed and ignored). The method is
@@ -97,7 +102,16 @@ def load_run(folder: Path) -> Run:
     ((family, tasks),) = json.loads((folder / "marl_eval.json").read_text()).items()
     ((env_id, systems),) = tasks.items()
     ((_, by_seed),) = systems.items()
-    seeds = [by_seed[f"seed_{s}"] for s in range(len(by_seed))]
+    # A diverged seed's later checkpoints hold no numbers (runs.Reporter): the run is scored without it.
+    diverged = {int(s) for s in absolute.get("diverged", {})}
+    kept = [s for s in range(len(by_seed)) if s not in diverged]
+    if not kept:
+        raise ValueError("every seed diverged")
+    if diverged:
+        print(f"{folder}: seeds {sorted(diverged)} diverged, left out")
+    # the seed keys are seed_<--seed x 10,000 + index> (runs.Reporter.seed_entry): sorted, in index order
+    ordered = [by_seed[k] for k in sorted(by_seed, key=lambda k: int(k[len("seed_"):]))]
+    seeds = [ordered[s] for s in kept]
     checkpoints = sorted((k for k in seeds[0] if k.startswith("step_")), key=lambda k: int(k[len("step_"):]))
     first = seeds[0][checkpoints[0]]
     # The Reporter writes the metric under env.metric_name, which is `episode_return` itself when
@@ -111,7 +125,7 @@ def load_run(folder: Path) -> Run:
         method="magpo_mat" if config["algo"] == "magpo_mat" and system == "magpo" else system,
         metric=metric, steps=np.array([seeds[0][c]["step_count"] for c in checkpoints]),
         returns=mean_of("episode_return"), scores=mean_of(metric),
-        absolute=np.array(absolute["absolute/episode_metric"]),
+        absolute=np.array(absolute["absolute/episode_metric"])[kept],
         low=float(np.min(episodes)), high=float(np.max(episodes)),
         steps_per_seed=int(config["steps_per_seed"]), num_seeds=len(seeds),
         mtime=(folder / "absolute_metric.json").stat().st_mtime,
@@ -348,13 +362,45 @@ def results_table(runs: dict[tuple[str, str], Run], paper, aggregates: list[Aggr
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------------------------------
+# marl-eval export
+# --------------------------------------------------------------------------------------------------
+def marl_eval_export(runs: dict[tuple[str, str], Run]) -> dict:
+    """The kept finished runs (those the figures use) in one marl-eval file: family -> task -> method
+    -> seed_<n> -> step_<k> ..., absolute_metrics (last, where marl-eval looks for it), diverged seeds
+    left out. Each seed keeps its run's key (unique across --seed values), and the methods are named
+    as in the figures' legend keys (`magpo_mat` apart from `magpo`)."""
+    merged: dict = {}
+    for (env_id, method), run in sorted(runs.items()):
+        ((family, tasks),) = json.loads((run.path / "marl_eval.json").read_text()).items()
+        ((_, by_seed),) = tasks[env_id].items()
+        absolute = json.loads((run.path / "absolute_metric.json").read_text())
+        diverged = {int(s) for s in absolute.get("diverged", {})}
+        keys = sorted(by_seed, key=lambda k: int(k[len("seed_"):]))
+        seeds = merged.setdefault(family, {}).setdefault(env_id, {}).setdefault(method, {})
+        for index, key in enumerate(keys):
+            if index in diverged:
+                continue
+            steps = sorted((k for k in by_seed[key] if k.startswith("step_")), key=lambda k: int(k[len("step_"):]))
+            seeds[key] = {**{k: by_seed[key][k] for k in steps}, "absolute_metrics": by_seed[key]["absolute_metrics"]}
+    return merged
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run folders")
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="where the PNGs go")
-    parser.add_argument("--table", type=Path, default=Path("docs/results.md"), help="the markdown table")
+    parser.add_argument("--out", type=Path, help="where the PNGs go (default: <runs>/plots)")
+    parser.add_argument("--table", type=Path, help="the markdown table (default: <out>/results.md)")
+    parser.add_argument("--docs", action="store_true", help="write docs/*.png and docs/results.md (the committed ones)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for every CI")
+    parser.add_argument("--marl-eval", type=Path, metavar="FILE",
+                        help="instead of the figures, merge the kept finished runs into one marl-eval file")
     opts = parser.parse_args(argv)
+    if opts.docs and (opts.out or opts.table):
+        parser.error("--docs chooses --out and --table itself")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    opts.out = opts.out or (docs if opts.docs else opts.runs / "plots")
+    opts.table = opts.table or opts.out / "results.md"
     if not opts.runs.is_dir():
         parser.error(f"{opts.runs} is not a folder")
     # rliable draws its resamples from numpy's global generator: seeded, the figures are reproducible
@@ -362,6 +408,11 @@ def main(argv=None) -> None:
     runs = load_runs(opts.runs)
     if not runs:
         parser.error(f"no finished run under {opts.runs}")
+    if opts.marl_eval:
+        opts.marl_eval.parent.mkdir(parents=True, exist_ok=True)
+        opts.marl_eval.write_text(json.dumps(marl_eval_export(runs)))
+        print(f"{opts.marl_eval}: {', '.join(f'{e} {m}' for e, m in sorted(runs))}")
+        return
     opts.out.mkdir(parents=True, exist_ok=True)
     paper = read_paper_table()
 

@@ -83,11 +83,11 @@ def test_decoder_reads_only_the_actions_before_each_agent():
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
-def test_learner_learns_coordsum_with_aligned_replays_and_is_deterministic():
+def test_learner_learns_coordsum_with_aligned_replays():
     """One short run: ratios are exactly 1 on every update's first minibatch (guider μ/μ_old, and the
     learner's replayed log-probs against the rollout's, chunks of 16 steps replayed from stored GRU
-    states with episode ends inside), the learner beats a random policy by far, and the same seed
-    gives the same run."""
+    states with episode ends inside), and the learner beats a random policy by far. (That a seed gives
+    the same run again is tested on magpo_sable.py's make_train, which is this script's text.)"""
     random_return = random_policy_return("coordsum-3x10")
     args = mm.Args(env_id="coordsum-3x10", num_seeds=1, num_envs=16, rollout_length=64, recurrent_chunk_size=16,
                    num_minibatches=2, ppo_epochs=4, num_evals=2, num_eval_episodes=32, total_timesteps=2 * 30 * 1024,
@@ -102,8 +102,6 @@ def test_learner_learns_coordsum_with_aligned_replays_and_is_deterministic():
         assert np.isfinite(h[k]).all()
     curve = h["eval/episode_return"].mean(-1)[0]  # the decentralised learner
     assert curve[-1] > 3 * random_return, (curve, random_return)
-    again = jax.device_get(train(keys, seeds))
-    np.testing.assert_array_equal(again["history"]["eval/episode_return"], h["eval/episode_return"])
 
 
 def test_ctce_minibatches_are_single_time_steps_as_mats():

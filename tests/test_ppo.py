@@ -346,7 +346,7 @@ def test_seeds_split_across_devices_train_the_same_run(cli_runs, tmp_path):
     (["--num-envs", "0"], "--num-envs must be positive"),
     (["--num-envs", "6", "--num-minibatches", "4"], "must divide"),
     (["--total-timesteps", "1000"], "too small for 122 evaluations"),
-    (["--preset", "tuned"], "unknown --preset"),
+    (["--preset", "tuned"], "invalid choice 'tuned' for argument '--preset'"),
     (["--env-id", "rware-tiny-4ag", "--preset", "paper"], "no ippo configuration"),
     (["--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
     (["--lr", "inf"], "--lr must be a finite number"),
@@ -397,3 +397,24 @@ def test_ippo_and_mappo_differ_only_in_the_critic_input_and_their_names():
                                    "    return timestep.obs", "    state = timestep.global_state",
                                    "    return jnp.broadcast_to(state[..., None, :], "
                                    "(*timestep.obs.shape[:-1], state.shape[-1]))"]), code
+
+
+def test_cli_a_diverging_run_says_so_marks_its_rows_and_exits_1(tmp_path):
+    """A learning rate of 1e30 sends every parameter to inf after the first checkpoint's update: the run
+    names each seed and the first non-finite metrics at the checkpoint where it happens, writes its later
+    rows as diverged (no numbers computed from nan), keeps the best checkpoint before it as the absolute
+    metric, and ends with one summary line and exit code 1."""
+    flags = [*CLI_TINY[:-2], "--total-timesteps", str(3 * 4 * 16), "--hidden-dim", "16"]
+    flags[flags.index("--num-evals") + 1] = "3"
+    proc = run_cli("ippo", *flags, "--lr", "1e30", "--out-dir", "out", "--run-name", "r", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = error_lines(proc)  # one line per seed where it diverged, then the summary
+    assert [l.split(" diverged at")[0] for l in lines[:-1]] == ["seed 0", "seed 1"] and "params/max_abs" in lines[0]
+    assert lines[-1].startswith("error: 2 of 2 seeds diverged: seed 0 at checkpoint "), lines
+    rows = [json.loads(l) for l in (tmp_path / "out" / "r" / "metrics.jsonl").read_text().splitlines()]
+    first = min(r["checkpoint"] for r in rows if r.get("diverged"))
+    assert all(bool(r.get("diverged")) == (r["checkpoint"] >= first) for r in rows) and first >= 1
+    assert all(set(r) == {"checkpoint", "step", "seed", "seed_index", "diverged"} for r in rows if r.get("diverged"))
+    summary = json.loads((tmp_path / "out" / "r" / "absolute_metric.json").read_text())
+    assert set(summary["diverged"]) == {"0", "1"} and all(map(math.isfinite, summary["absolute/episode_return"]))

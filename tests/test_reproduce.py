@@ -4,6 +4,7 @@ marked), and the driver's commands (preset where the paper has a row, run names,
 runs). Nothing trains."""
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def table_rows(text):
 
 
 def test_plot_draws_every_figure_and_marks_only_the_result_below_the_paper(runs, tmp_path, capsys):
-    out = tmp_path / "docs"
-    plot.main(["--runs", str(runs), "--out", str(out), "--table", str(out / "results.md"), "--reps", "200"])
+    out = runs / "plots"  # the default: nothing under docs/ is touched unless --docs
+    plot.main(["--runs", str(runs), "--reps", "200"])
     log = capsys.readouterr().out
     for name in [*(f"curve_{t}.png" for t in TASKS), "aggregate_coordsum.png", "aggregate_connector.png"]:
         assert (out / name).stat().st_size > 10_000, name
@@ -156,3 +157,52 @@ def test_driver_rejects_its_own_flags_in_extra(capsys):
     with pytest.raises(SystemExit) as exit:
         reproduce.main(["--env-ids", "coordsum-3x10", "--methods", "mappo", "--extra", "--run-name x", "--dry-run"])
     assert exit.value.code == 2 and "--run-name" in capsys.readouterr().err
+
+
+def test_marl_eval_export_is_what_marl_evals_loader_reads(runs, tmp_path):
+    """plot.py --marl-eval merges the runs the figures use into one file in marl-eval's layout: its merge
+    (`concatenate_files`) splits each run key as seed_<int>; `data_process_pipeline` and
+    `create_matrices_for_rliable` take the run keys of a task's first algorithm for every algorithm and
+    the last key of a run as its absolute metrics. Killed and shorter duplicate runs are left out."""
+    out = tmp_path / "merged.json"
+    plot.main(["--runs", str(runs), "--marl-eval", str(out)])
+    merged = json.loads(out.read_text())
+    assert set(merged) == {"coordsum", "connector"}
+    for tasks in merged.values():
+        for task, methods in tasks.items():
+            assert set(methods) == set(MODULES)
+            metric = envs.make(task).metric_name
+            first = list(methods["magpo"])
+            for seeds in methods.values():
+                assert list(seeds) == first == ["seed_0", "seed_1", "seed_2"]
+                for steps in seeds.values():
+                    assert list(steps) == [*(f"step_{k}" for k in range(SHORT["num_evals"])), "absolute_metrics"]
+                    for k in range(SHORT["num_evals"]):
+                        entry = steps[f"step_{k}"]
+                        assert isinstance(entry["step_count"], int) and len(entry[metric]) == 32
+                    assert len(steps["absolute_metrics"][metric]) == 320
+
+
+def test_seed_keys_are_unique_across_seeds_and_diverged_seeds_are_left_out(tmp_path):
+    """marl_eval.json's keys are seed_<--seed x 10,000 + index>, so the runs of --seed 0 and --seed 1 merge
+    without one overwriting the other; a seed that diverged is not exported (nor plotted)."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for base_seed in (0, 1):
+        args = mappo.Args(env_id="coordsum-3x10", seed=base_seed, **{**SHORT, "num_seeds": 2})
+        env, run = envs.make(args.env_id), folder / f"seed{base_seed}"
+        run.mkdir()
+        write_config(run, mappo, args, env)
+        reporter = Reporter(args, env, run, system="mappo")
+        for k in range(args.num_evals):
+            for s in range(2):
+                loss = np.nan if (base_seed, s, k) == (1, 1, 2) else 0.0
+                reporter(s, k, {"eval/episode_return": np.full(32, 1.0 + k), "eval/episode_metric": np.full(32, 1.0 + k),
+                                "loss/actor": np.float32(loss)})
+        reporter.finish({"absolute/episode_return": np.ones((2, 320)), "absolute/episode_metric": np.ones((2, 320))})
+        keys = json.loads((run / "marl_eval.json").read_text())["coordsum"]["coordsum-3x10"]["mappo"]
+        assert list(keys) == [f"seed_{10_000 * base_seed}", f"seed_{10_000 * base_seed + 1}"]
+    one_run = lambda name: plot.marl_eval_export({("coordsum-3x10", "mappo"): plot.load_run(folder / name)})
+    assert list(one_run("seed1")["coordsum"]["coordsum-3x10"]["mappo"]) == ["seed_10000"]
+    assert plot.load_run(folder / "seed1").returns.shape == (1, SHORT["num_evals"])
+    assert list(one_run("seed0")["coordsum"]["coordsum-3x10"]["mappo"]) == ["seed_0", "seed_1"]

@@ -66,3 +66,45 @@ def test_watch_knows_the_five_scripts_and_not_runs():
     import watch
 
     assert watch.known_algos() == sorted(["ippo", "mappo", "magpo_sable", "magpo_mat", "ctds"])
+
+
+def test_reporter_marks_a_diverged_seed_and_the_others_go_on(tmp_path, capsys):
+    """Seed 1's loss turns nan at the 2nd checkpoint: stderr names the seed and the metric there, its rows
+    from then on say diverged with no numbers (metrics.jsonl, marl_eval.json), the progress line is seed 0's,
+    absolute_metric.json names it, and finish_run ends with Diverged (exit code 1 through runs.cli)."""
+    env = envs.make("coordsum-3x10")
+    args = mappo.Args(num_seeds=2, num_evals=3, total_timesteps=3 * 128 * 128, num_eval_episodes=2)
+    reporter = runs.Reporter(args, env, tmp_path, system="mappo")
+    for checkpoint in range(3):
+        for s in range(2):
+            loss = np.float32(np.nan if s == 1 and checkpoint >= 1 else 0.5)
+            returns = np.full(2, 10.0 + s)  # CoordSum's metric is its return
+            reporter(s, checkpoint, {"eval/episode_return": returns, "eval/episode_metric": returns,
+                                     "loss/value": loss, "params/max_abs": np.float32(3.0)})
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and err.startswith("seed 1 diverged at checkpoint 2 (") and "loss/value" in err
+    lines = out.splitlines()
+    assert "eval return    10.000 ±   0.000" in lines[-1] and "diverged 1/2" in lines[-1]
+    assert "diverged" not in lines[0]
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    marked = [r for r in rows if r.get("diverged")]
+    assert [(r["checkpoint"], r["seed_index"]) for r in marked] == [(1, 1), (2, 1)]
+    assert all("eval/episode_return" not in r and "loss/value" not in r for r in marked)
+    assert all(np.isfinite(r["loss/value"]) for r in rows if not r.get("diverged"))
+    seed_1 = json.loads((tmp_path / "marl_eval.json").read_text())["coordsum"]["coordsum-3x10"]["mappo"]["seed_1"]
+    assert seed_1["step_0"]["episode_return"] == [11.0, 11.0]
+    assert seed_1["step_1"] == {"step_count": reporter.steps_at(1), "diverged": True}
+    results = {"absolute/episode_return": np.ones((2, 20)), "absolute/episode_metric": np.ones((2, 20))}
+    with pytest.raises(runs.Diverged, match=r"^1 of 2 seeds diverged: seed 1 at checkpoint 2 \(loss/value\)"):
+        runs.finish_run(args, tmp_path, results, reporter, None, "mappo")
+    summary = json.loads((tmp_path / "absolute_metric.json").read_text())
+    assert summary["diverged"] == {"1": {"checkpoint": 1, "metrics": ["loss/value"]}}
+
+
+def test_max_abs_is_not_finite_exactly_when_a_parameter_is_not():
+    import jax.numpy as jnp
+
+    params = {"a": jnp.array([1.0, -4.0]), "b": {"c": jnp.zeros((2, 2))}}
+    assert float(runs.max_abs(params)) == 4.0
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        assert not np.isfinite(runs.max_abs({**params, "b": {"c": jnp.zeros((2, 2)).at[1, 0].set(bad)}}))
