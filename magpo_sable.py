@@ -1216,16 +1216,16 @@ def main(argv=None) -> None:
     check_args(args)
     env = envs.make(args.env_id)
     system = system_name(args)  # the method's name in the results
-    run_dir, wandb_run = runs.start_run(args, env, ALGO, system)  # runs/<run>/config.json, wandb, header
+    run_dir, wandb_runs = runs.start_run(args, env, ALGO, system)  # runs/<run>/config.json, wandb, header
     # the progress line also shows the guider's own (centralised) return
-    reporter = runs.Reporter(args, env, run_dir, wandb_run, system=system, columns={"guider/episode_return": "guider"})
+    reporter = runs.Reporter(args, env, run_dir, wandb_runs, system=system, columns={"guider/episode_return": "guider"})
     # All seeds in one compiled call: seed i trains from fold_in(PRNGKey(seed), i).
     train = jax.vmap(make_train(args, env, reporter))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
     results = runs.compile_and_run(train, keys, reporter)
     # The absolute metric; under --save-model each seed's deployed policy:
     # the learner (the actor), or under --ctce the guider.
-    runs.finish_run(args, run_dir, results, reporter, wandb_run, ALGO, saved="policies")
+    runs.finish_run(args, run_dir, results, reporter, wandb_runs, ALGO, saved="policies")
 
 
 if __name__ == "__main__":

@@ -656,14 +656,14 @@ def main(argv=None) -> None:
         return evaluate_saved(args)
     check_args(args)
     env = envs.make(args.env_id)
-    run_dir, wandb_run = runs.start_run(args, env, ALGO, ALGO)  # runs/<run>/config.json, wandb, header
-    reporter = runs.Reporter(args, env, run_dir, wandb_run, system=ALGO)
+    run_dir, wandb_runs = runs.start_run(args, env, ALGO, ALGO)  # runs/<run>/config.json, wandb, header
+    reporter = runs.Reporter(args, env, run_dir, wandb_runs, system=ALGO)
     # All seeds in one compiled call: seed i trains from fold_in(PRNGKey(seed), i).
     train = jax.vmap(make_train(args, env, reporter))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
     results = runs.compile_and_run(train, keys, reporter)
     # The absolute metric; under --save-model each seed's actor.
-    runs.finish_run(args, run_dir, results, reporter, wandb_run, ALGO)
+    runs.finish_run(args, run_dir, results, reporter, wandb_runs, ALGO)
 
 
 if __name__ == "__main__":

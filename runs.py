@@ -161,19 +161,24 @@ def make_run_dir(args, system: str) -> Path:
 
 def start_run(args, env: envs.MultiAgentEnv, algo: str, system: str):
     """The run folder with its config.json (which script trained it, under which method name, every
-    flag), wandb under --track, and the header line. Returns (run_dir, wandb_run or None)."""
+    flag), wandb under --track, and the header line. Returns (run_dir, wandb_runs or None).
+
+    Under --track each seed is a wandb run of its own, named <run>__seed_<i> and grouped by the run's
+    name (`group=`), so that wandb's grouping shows the mean and spread over seeds."""
     run_dir = make_run_dir(args, system)
     config = {"algo": algo, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
               "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
-    wandb_run = None
+    wandb_runs = None
     if args.track:
         import wandb
 
-        wandb_run = wandb.init(project=args.wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
+        wandb_runs = [wandb.init(project=args.wandb_project, group=run_dir.name, name=f"{run_dir.name}__seed_{s}",
+                                 job_type=system, config={**config, "seed_index": s}, dir=str(run_dir),
+                                 reinit="create_new") for s in range(args.num_seeds)]
     print(f"{system} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
           f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
-    return run_dir, wandb_run
+    return run_dir, wandb_runs
 
 
 # ==================================================================================================
@@ -196,9 +201,9 @@ class Reporter:
     output say `"diverged": true` instead of numbers computed from NaN, the progress line is over the
     other seeds, and finish_run ends the run with exit code 1."""
 
-    def __init__(self, args, env: envs.MultiAgentEnv, run_dir: Path, wandb_run=None, *, system: str,
+    def __init__(self, args, env: envs.MultiAgentEnv, run_dir: Path, wandb_runs=None, *, system: str,
                  columns: dict[str, str] | None = None):
-        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_run
+        self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_runs  # one wandb run per seed
         self.columns = columns or {}
         self.pending: dict[int, dict[int, dict]] = {}
         self.start = time.time()
@@ -281,13 +286,22 @@ class Reporter:
             }
         self.mark_marl_eval(checkpoint, steps, diverged)
         if self.wandb is not None:
-            log = {"eval/episode_return": returns.mean(), "eval/episode_metric": metric.mean(), "sps": sps}
-            for k in by_seed[seeds[0]]:
+            self.log_wandb(steps, by_seed, sps)
+
+    def log_wandb(self, steps, by_seed, sps):
+        """Each seed's checkpoint to its own wandb run: the evaluation return and task metric, the
+        training episodes' return as train/episode_return, the losses; a diverged seed logs only that."""
+        for s, m in by_seed.items():
+            if s in self.diverged:
+                self.wandb[s].log({"diverged": 1}, step=steps)
+                continue
+            log = {"eval/episode_return": float(m["eval/episode_return"].mean()), "sps": sps}
+            if not self.env.metric_is_return:
+                log[f"eval/{self.env.metric_name}"] = float(m["eval/episode_metric"].mean())
+            for k, v in m.items():
                 if not k.startswith("eval/"):
-                    log[k] = float(np.mean([by_seed[s][k] for s in seeds]))
-            for s, r in zip(seeds, returns):
-                log[f"eval/episode_return_seed{s}"] = r
-            self.wandb.log(log, step=steps)
+                    log["train/episode_return" if k == "episode_return" else k] = float(v)
+            self.wandb[s].log(log, step=steps)
 
     def mark_marl_eval(self, checkpoint, steps, diverged):
         """marl_eval.json with this checkpoint's entry of each diverged seed marked, no numbers; written."""
@@ -316,9 +330,11 @@ class Reporter:
         if not self.env.metric_is_return:
             line += f", {self.env.metric_name} {per_seed_m.mean():.3f} ± {per_seed_m.std():.3f}"
         print(line, flush=True)
-        if self.wandb is not None:
-            self.wandb.summary["absolute/episode_return"] = float(per_seed_r.mean())
-            self.wandb.summary["absolute/episode_metric"] = float(per_seed_m.mean())
+        if self.wandb is not None:  # each seed's own absolute metric
+            for s, run in enumerate(self.wandb):
+                run.summary["absolute/episode_return"] = float(per_seed_r[s])
+                if not self.env.metric_is_return:
+                    run.summary[f"absolute/{self.env.metric_name}"] = float(per_seed_m[s])
 
     def divergence_summary(self) -> str | None:
         """One line naming the diverged seeds, or None."""
@@ -370,15 +386,15 @@ def compile_and_run(train: Callable, keys: jax.Array, reporter: Reporter):
     return jax.block_until_ready(compiled(keys, seed_indices))
 
 
-def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_run, algo: str, saved: str = "actors") -> None:
+def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_runs, algo: str, saved: str = "actors") -> None:
     """The absolute metric (Reporter.finish), the saved models under --save-model (`saved` names
     them in the message: actors, policies), and wandb's end."""
     reporter.finish(results)
     if args.save_model:
         save_models(run_dir, results)
         print(f"saved {saved} to {run_dir / 'models'}; evaluate with: python {algo}.py --eval-from {run_dir}")
-    if wandb_run is not None:
-        wandb_run.finish()
+    for run in wandb_runs or []:
+        run.finish()
     if reporter.divergence_summary():
         raise Diverged(reporter.divergence_summary())
 

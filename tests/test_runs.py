@@ -108,3 +108,46 @@ def test_max_abs_is_not_finite_exactly_when_a_parameter_is_not():
     assert float(runs.max_abs(params)) == 4.0
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
         assert not np.isfinite(runs.max_abs({**params, "b": {"c": jnp.zeros((2, 2)).at[1, 0].set(bad)}}))
+
+
+def test_track_gives_each_seed_its_own_wandb_run_grouped_by_the_run(tmp_path, monkeypatch, capsys):
+    """--track: one wandb run per seed (named <run>__seed_<i>, group=<run>), each logging its own evaluation
+    return and task metric, its training episodes' return apart (train/episode_return), and its own absolute
+    metric; all finished at the end."""
+    import sys
+    import types
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.init, self.logged, self.summary, self.finished = kwargs, [], {}, False
+
+        def log(self, data, step):
+            self.logged.append((step, data))
+
+        def finish(self):
+            self.finished = True
+
+    made = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: made.append(FakeRun(**kwargs)) or made[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    env = envs.make("connector-5x5x3a")  # a task whose metric (the win rate) is not its return
+    args = mappo.Args(env_id=env.env_id, num_seeds=2, num_evals=2, total_timesteps=2 * 128 * 128, num_eval_episodes=2,
+                      track=True, out_dir=str(tmp_path), run_name="r")
+    run_dir, wandb_runs = runs.start_run(args, env, "mappo", "mappo")
+    assert wandb_runs == made and [r.init["name"] for r in made] == ["r__seed_0", "r__seed_1"]
+    assert {r.init["group"] for r in made} == {"r"} and [r.init["config"]["seed_index"] for r in made] == [0, 1]
+    reporter = runs.Reporter(args, env, run_dir, wandb_runs, system="mappo")
+    for checkpoint in range(2):
+        for s in range(2):
+            reporter(s, checkpoint, {"eval/episode_return": np.full(2, 1.0 + s), "eval/episode_metric": np.full(2, 0.5 * s),
+                                     "episode_return": np.float32(3.0 + s), "loss/value": np.float32(0.1)})
+    results = {"absolute/episode_return": np.array([[1.0] * 20, [2.0] * 20]),
+               "absolute/episode_metric": np.array([[0.0] * 20, [0.5] * 20])}
+    runs.finish_run(args, run_dir, results, reporter, wandb_runs, "mappo")
+    for s, run in enumerate(made):
+        assert [step for step, _ in run.logged] == [reporter.steps_at(0), reporter.steps_at(1)]
+        step, data = run.logged[-1]
+        assert (data["eval/episode_return"], data["eval/win_rate"], data["train/episode_return"]) == (1.0 + s, 0.5 * s, 3.0 + s)
+        assert "episode_return" not in data and data["loss/value"] == pytest.approx(0.1)
+        assert run.summary == {"absolute/episode_return": 1.0 + s, "absolute/win_rate": 0.5 * s} and run.finished
