@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -98,16 +98,16 @@ class Args:
     """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
     greedy_eval: bool = False
     """evaluate with the most likely action instead of sampling (the paper samples)"""
-    recurrent_chunk_size: int | None = None
-    """truncated-BPTT chunk length for the update (default: the whole rollout)"""
+    recurrent_chunk_size: Annotated[int | None, runs.default_is("the whole rollout")] = None
+    """truncated-BPTT chunk length for the update"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
     preset: Literal["paper"] | None = None
     """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
     out_dir: str = "runs"
     """where each run gets its own folder"""
-    run_name: str | None = None
-    """folder name under out_dir (default: <env-id>__<algo>__<seed>__<time>); never overwritten"""
+    run_name: Annotated[str | None, runs.default_is("<env-id>__<algo>__<seed>__<time>")] = None
+    """folder name under out_dir; never overwritten"""
     track: bool = False
     """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
     wandb_project: str = "magpo"
@@ -128,10 +128,10 @@ class Args:
     """encoder blocks, and as many decoder blocks"""
     decay_scaling_factor: float = 0.8
     """scales every head's retention decay κ (in [0, 1]; 0 forgets the previous steps entirely)"""
-    microbatch_size: int | None = None
+    microbatch_size: Annotated[int | None, runs.default_is("the whole minibatch")] = None
     """sequences per gradient pass: each minibatch's gradient is the mean of passes over this many of its
     sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
-    the minibatch's size is used, so that the passes are equal). Default: the whole minibatch"""
+    the minibatch's size is used, so that the passes are equal)"""
     shuffle_agents: bool = True
     """NOTE(paper vs official code): as the released code does, reorder the agents of the whole batch by one
     random permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), so that the

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -84,16 +84,16 @@ class Args:
     """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
     greedy_eval: bool = False
     """evaluate with the most likely action instead of sampling (the paper samples)"""
-    recurrent_chunk_size: int | None = None
-    """truncated-BPTT chunk length for the update (default: the whole rollout)"""
+    recurrent_chunk_size: Annotated[int | None, runs.default_is("the whole rollout")] = None
+    """truncated-BPTT chunk length for the update"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
     preset: Literal["paper"] | None = None
     """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
     out_dir: str = "runs"
     """where each run gets its own folder"""
-    run_name: str | None = None
-    """folder name under out_dir (default: <env-id>__<algo>__<seed>__<time>); never overwritten"""
+    run_name: Annotated[str | None, runs.default_is("<env-id>__<algo>__<seed>__<time>")] = None
+    """folder name under out_dir; never overwritten"""
     track: bool = False
     """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
     wandb_project: str = "magpo"

@@ -76,6 +76,12 @@ def parse_args(args_type: type, apply_preset: Callable, description: str, argv=N
     return apply_preset(args, given)
 
 
+def default_is(description: str):
+    """A flag whose default (None in Args) is decided later: --help shows `description` as its default
+    instead of None (`Annotated[int | None, runs.default_is("the whole rollout")] = None`)."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {description})")
+
+
 def paper_row(args, system: str, required: bool = True) -> dict | None:
     """--preset paper: the row of paper_params.csv (the paper's tuned hyperparameters, one row per
     method and task) for `system` on args.env_id; None without --preset. A missing row is an

@@ -151,3 +151,23 @@ def test_track_gives_each_seed_its_own_wandb_run_grouped_by_the_run(tmp_path, mo
         assert (data["eval/episode_return"], data["eval/win_rate"], data["train/episode_return"]) == (1.0 + s, 0.5 * s, 3.0 + s)
         assert "episode_return" not in data and data["loss/value"] == pytest.approx(0.1)
         assert run.summary == {"absolute/episode_return": 1.0 + s, "absolute/win_rate": 0.5 * s} and run.finished
+
+
+@pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__)
+def test_help_shows_one_default_per_flag_and_the_presets_choices(module, capsys):
+    """--help: a flag whose default is decided later (None in Args) shows what it is, not None beside a
+    docstring saying otherwise; --preset lists its one real value."""
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = capsys.readouterr().out
+    blocks, flag = {}, None
+    for line in text.splitlines():
+        stripped = line.strip(" │")
+        if stripped.startswith("--"):
+            flag = stripped.split()[0].split(",")[0]
+        if flag:
+            blocks[flag] = blocks.get(flag, "") + " " + " ".join(stripped.split())
+    for name in ("--run-name", "--recurrent-chunk-size", *(["--microbatch-size"] if hasattr(module, "Guider") else [])):
+        assert "(default: None)" not in blocks[name] and blocks[name].count("(default:") == 1, blocks[name]
+    assert "(default: <env-id>__<algo>__<seed>__<time>)" in blocks["--run-name"]
+    assert blocks["--preset"].startswith(" --preset {None,paper}")
