@@ -144,17 +144,13 @@ def test_microbatches_give_the_minibatch_gradient(module):
     minibatch) trains the same run as one pass over it, up to float rounding: the same losses on every
     update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences. (magpo_mat.py's
     make_train is magpo_sable.py's text: test_magpo_mat_is_magpo_sable_with_another_guider.)"""
-    if module is ms:  # the plain run is test_update_batch_size_replays_its_rollout's: compiled once
-        whole, micro = run_train(1), run_train(1, microbatch_size=4)
-        assert ms.Args(**TINY, num_seeds=1).microbatch_sequences == 16
-    else:
-        runs = []
-        for microbatch_size in (None, 4):
-            args = module.Args(**TINY, num_seeds=1, microbatch_size=microbatch_size)
-            assert args.microbatch_sequences == (16 if microbatch_size is None else 4)
-            train = fast_jit(jax.vmap(module.make_train(args, envs.make(args.env_id))))
-            runs.append(jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1))))
-        whole, micro = runs
+    runs = []
+    for microbatch_size in (None, 4):
+        args = module.Args(**TINY, num_seeds=1, microbatch_size=microbatch_size)
+        assert args.microbatch_sequences == (16 if microbatch_size is None else 4)
+        train = fast_jit(jax.vmap(module.make_train(args, envs.make(args.env_id))))
+        runs.append(jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1))))
+    whole, micro = runs
     for k in ("loss/guider", "loss/value", "loss/entropy", "loss/actor", "loss/kl", "loss/first_ratio_dev"):
         np.testing.assert_allclose(micro["history"][k], whole["history"][k], rtol=1e-3, atol=1e-6, err_msg=k)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
