@@ -148,7 +148,8 @@ def test_track_gives_each_seed_its_own_wandb_run_grouped_by_the_run(tmp_path, mo
     for s, run in enumerate(made):
         assert [step for step, _ in run.logged] == [reporter.steps_at(0), reporter.steps_at(1)]
         step, data = run.logged[-1]
-        assert (data["eval/episode_return"], data["eval/win_rate"], data["train/episode_return"]) == (1.0 + s, 0.5 * s, 3.0 + s)
+        logged = (data["eval/episode_return"], data["eval/win_rate"], data["train/episode_return"])
+        assert logged == (1.0 + s, 0.5 * s, 3.0 + s)
         assert "episode_return" not in data and data["loss/value"] == pytest.approx(0.1)
         assert run.summary == {"absolute/episode_return": 1.0 + s, "absolute/win_rate": 0.5 * s} and run.finished
 
