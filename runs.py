@@ -401,8 +401,9 @@ def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_runs, alg
         print(f"saved {saved} to {run_dir / 'models'}; evaluate with: python {algo}.py --eval-from {run_dir}")
     for run in wandb_runs or []:
         run.finish()
-    if reporter.divergence_summary():
-        raise Diverged(reporter.divergence_summary())
+    summary = reporter.divergence_summary()
+    if summary:
+        raise Diverged(summary)
 
 
 # ==================================================================================================

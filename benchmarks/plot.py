@@ -94,6 +94,11 @@ def fmt_steps(steps: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Reading runs
 # --------------------------------------------------------------------------------------------------
+def seed_keys(by_seed: dict) -> list[str]:
+    """marl_eval.json's seed keys, seed_<--seed x 10,000 + index> (runs.Reporter.seed_entry), in index order."""
+    return sorted(by_seed, key=lambda k: int(k[len("seed_"):]))
+
+
 def load_run(folder: Path) -> Run:
     """One finished run folder, as the scripts' Reporter and main() write it."""
     config = json.loads((folder / "config.json").read_text())
@@ -109,8 +114,7 @@ def load_run(folder: Path) -> Run:
         raise ValueError("every seed diverged")
     if diverged:
         print(f"{folder}: seeds {sorted(diverged)} diverged, left out")
-    # the seed keys are seed_<--seed x 10,000 + index> (runs.Reporter.seed_entry): sorted, in index order
-    ordered = [by_seed[k] for k in sorted(by_seed, key=lambda k: int(k[len("seed_"):]))]
+    ordered = [by_seed[k] for k in seed_keys(by_seed)]
     seeds = [ordered[s] for s in kept]
     checkpoints = sorted((k for k in seeds[0] if k.startswith("step_")), key=lambda k: int(k[len("step_"):]))
     first = seeds[0][checkpoints[0]]
@@ -376,7 +380,7 @@ def marl_eval_export(runs: dict[tuple[str, str], Run]) -> dict:
         ((_, by_seed),) = tasks[env_id].items()
         absolute = json.loads((run.path / "absolute_metric.json").read_text())
         diverged = {int(s) for s in absolute.get("diverged", {})}
-        keys = sorted(by_seed, key=lambda k: int(k[len("seed_"):]))
+        keys = seed_keys(by_seed)
         seeds = merged.setdefault(family, {}).setdefault(env_id, {}).setdefault(method, {})
         for index, key in enumerate(keys):
             if index in diverged:
