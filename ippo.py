@@ -35,7 +35,6 @@ from flax.linen.initializers import constant, orthogonal
 
 import envs
 import runs
-from runs import ArgError  # check_args' errors: one line on stderr, exit code 2
 
 ALGO = "ippo"
 
@@ -121,27 +120,7 @@ class Args:
 
 
 def check_args(args: Args) -> None:
-    runs.check_run_args(args)  # no nan or inf in a float flag, a plain --run-name
-    positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
-                "ppo_epochs", "num_evals", "num_eval_episodes", "hidden_dim"]
-    for name in positive:
-        if getattr(args, name) <= 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ["lr", "clip_eps", "max_grad_norm"]:
-        if not getattr(args, name) > 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        raise ArgError("--gamma and --gae-lambda must lie in [0, 1]")
-    if args.rollout_length % args.chunk_size:
-        raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
-    sequences = args.num_envs * (args.rollout_length // args.chunk_size)
-    if sequences % args.num_minibatches:
-        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
-                       f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
-    if args.updates_per_eval < 1:
-        raise ArgError(f"--total-timesteps {args.total_timesteps} is too small for {args.num_evals} evaluations: "
-                       f"it needs at least num_evals x num_envs x rollout_length = "
-                       f"{args.num_evals * args.steps_per_update} steps")
+    runs.check_run_args(args)  # the shared flags: finite, positive, a batch that splits as they say
 
 
 def apply_preset(args: Args, explicit: set[str]) -> Args:
@@ -341,6 +320,22 @@ class OptStates(NamedTuple):
     critic: Any
 
 
+class TrainState(NamedTuple):  # what the gradient steps change
+    params: Params
+    opt_states: OptStates
+
+
+class Batch(NamedTuple):  # what the update trains on: the rollout as (T//C, C, E, ...), a minibatch as (C, n, ...)
+    traj: Transition
+    advantages: jax.Array  # (..., A)
+    targets: jax.Array  # (..., A) the critic's value targets
+
+
+class Hidden(NamedTuple):  # the GRU states a sequence of the update starts from
+    actor: jax.Array  # (n*A, H); stored as (T//C, E*A, H)
+    critic: jax.Array
+
+
 class RunnerState(NamedTuple):
     params: Params
     opt_states: OptStates
@@ -505,7 +500,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
             def chunk(runner: RunnerState, _):
                 # The GRU states at the start of each chunk are what the update replays from.
-                start_hidden = (runner.actor_hidden, runner.critic_hidden)
+                start_hidden = Hidden(runner.actor_hidden, runner.critic_hidden)
                 runner, transitions = jax.lax.scan(env_step, runner, None, C)
                 return runner, (transitions, start_hidden)
 
@@ -522,8 +517,8 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                                               args.gamma, args.gae_lambda)
 
             # ------------------------------------------------------------------ UPDATE NETWORK
-            def loss_actor(actor_params, batch, hidden, entropy_key):
-                traj, advantages, _ = batch
+            def loss_actor(actor_params, batch: Batch, hidden, entropy_key):
+                traj, advantages = batch.traj, batch.advantages
                 reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
                 _, pi = actor.apply(actor_params, hidden, agents_to_batch(traj.obs),
                                     agents_to_batch(reset), agents_to_batch(traj.action_mask))
@@ -536,59 +531,58 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 ratio_dev = jnp.abs(jnp.exp(log_prob - traj.log_prob) - 1.0).max()
                 return loss - args.ent_coef * entropy, (loss, entropy, approx_kl, clip_frac, ratio_dev)
 
-            def loss_critic(critic_params, batch, hidden):
-                traj, _, targets = batch
+            def loss_critic(critic_params, batch: Batch, hidden):
+                traj, targets = batch.traj, batch.targets
                 reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
                 _, value = critic.apply(critic_params, hidden, agents_to_batch(critic_input(traj)),
                                         agents_to_batch(reset))
                 value_loss = clipped_value_loss(batch_to_agents(value, A), traj.value, targets, args.clip_eps)
                 return args.vf_coef * value_loss, value_loss
 
-            def minibatch_update(carry, minibatch):
-                params, opt_states = carry
-                batch, (actor_hidden, critic_hidden), entropy_key = minibatch
+            def minibatch_update(train_state: TrainState, batch: Batch, hidden: Hidden, entropy_key):
+                params, opt_states = train_state
                 (_, (actor_loss, entropy, approx_kl, clip_frac, ratio_dev)), actor_grads = jax.value_and_grad(
-                    loss_actor, has_aux=True)(params.actor, batch, actor_hidden, entropy_key)
+                    loss_actor, has_aux=True)(params.actor, batch, hidden.actor, entropy_key)
                 (_, value_loss), critic_grads = jax.value_and_grad(loss_critic, has_aux=True)(
-                    params.critic, batch, critic_hidden)
+                    params.critic, batch, hidden.critic)
                 actor_updates, actor_opt = optimizer.update(actor_grads, opt_states.actor)
                 critic_updates, critic_opt = optimizer.update(critic_grads, opt_states.critic)
                 params = Params(optax.apply_updates(params.actor, actor_updates),
                                 optax.apply_updates(params.critic, critic_updates))
                 losses = {"loss/actor": actor_loss, "loss/value": value_loss, "loss/entropy": entropy,
                           "loss/approx_kl": approx_kl, "loss/clip_frac": clip_frac, "loss/ratio_dev": ratio_dev}
-                return (params, OptStates(actor_opt, critic_opt)), losses
+                return TrainState(params, OptStates(actor_opt, critic_opt)), losses
 
             # Sequence n = k * E + e is env e's k-th chunk: (T, E, ...) is viewed as (T//C, C, E, ...), and
             # only a minibatch's own sequences are ever gathered (no reordered copy of the rollout).
-            chunks = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
-                                            (traj_batch, advantages, targets))
+            rollout = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
+                                             Batch(traj_batch, advantages, targets))
 
             def sequences(x, indices):  # (T//C, C, E, ...) -> the sequences `indices`, (C, len(indices), ...)
                 return jnp.swapaxes(x[indices // E, :, indices % E], 0, 1)
 
             # Stored hidden states (T//C, E*A, H) -> (T//C * E, A, H), matching the sequence order.
-            seq_hidden = jax.tree_util.tree_map(lambda h: h.reshape((T // C) * E, A, H), start_hidden)
+            stored_hidden = jax.tree_util.tree_map(lambda h: h.reshape((T // C) * E, A, H), start_hidden)
             N = (T // C) * E
 
-            def epoch(carry, epoch_key):
+            def epoch(train_state: TrainState, epoch_key):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
                 minibatches = jax.random.permutation(epoch_key, N).reshape(args.num_minibatches, -1)
                 # a key per minibatch for a continuous policy's entropy estimate (unused if discrete)
                 entropy_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), args.num_minibatches)
 
-                def gather_and_update(carry, xs):
+                def gather_and_update(train_state: TrainState, xs):
                     indices, entropy_key = xs
-                    batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), chunks)
-                    hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0).reshape(-1, H), seq_hidden)
-                    return minibatch_update(carry, (batch, hidden, entropy_key))
+                    batch = jax.tree_util.tree_map(lambda x: sequences(x, indices), rollout)
+                    hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, indices, axis=0).reshape(-1, H), stored_hidden)
+                    return minibatch_update(train_state, batch, hidden, entropy_key)
 
-                return jax.lax.scan(gather_and_update, carry, (minibatches, entropy_keys))
+                return jax.lax.scan(gather_and_update, train_state, (minibatches, entropy_keys))
 
             key, epoch_key = jax.random.split(runner.key)
             (params, opt_states), losses = jax.lax.scan(
-                epoch, (runner.params, runner.opt_states), jax.random.split(epoch_key, args.ppo_epochs))
+                epoch, TrainState(runner.params, runner.opt_states), jax.random.split(epoch_key, args.ppo_epochs))
             runner = runner._replace(params=params, opt_states=opt_states, key=key)
 
             ended = traj_batch.done.sum()

@@ -194,18 +194,8 @@ class Args:
 
 
 def check_args(args: Args) -> None:
-    runs.check_run_args(args)  # no nan or inf in a float flag, a plain --run-name
-    positive = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
-                "ppo_epochs", "num_evals", "num_eval_episodes", "microbatch_size", "hidden_dim", "embed_dim", "n_head",
-                "n_block"]
-    for name in positive:
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ["lr", "clip_eps", "max_grad_norm"]:
-        if not getattr(args, name) > 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        raise ArgError("--gamma and --gae-lambda must lie in [0, 1]")
+    # the shared flags (finite, positive, a batch that splits as they say), and these sizes too
+    runs.check_run_args(args, positive=("microbatch_size", "embed_dim", "n_head", "n_block"))
     if not args.delta > 1:
         raise ArgError(f"--delta must be greater than 1 (the guider is kept within [1/delta, delta]), got {args.delta}")
     if not args.lam >= 0:
@@ -216,23 +206,6 @@ def check_args(args: Args) -> None:
         raise ArgError(f"--embed-dim {args.embed_dim} / --n-head {args.n_head} must be a multiple of --n-head")
     if not 0 <= args.decay_scaling_factor <= 1:
         raise ArgError(f"--decay-scaling-factor must lie in [0, 1], got {args.decay_scaling_factor}")
-    if args.rollout_length % args.chunk_size:
-        raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
-    sequences = args.num_envs * (args.rollout_length // args.chunk_size)
-    if args.update_batch_size < 1 or args.num_envs % args.update_batch_size:
-        raise ArgError(f"--update-batch-size {args.update_batch_size} must be positive and divide "
-                       f"--num-envs {args.num_envs}")
-    if (sequences // args.update_batch_size) % args.num_minibatches:
-        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences // args.update_batch_size} "
-                       f"sequences of each of the --update-batch-size {args.update_batch_size} groups")
-    if sequences % args.num_minibatches:
-        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
-                       f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
-    if args.updates_per_eval < 1:
-        raise ArgError(f"--total-timesteps {args.total_timesteps} is too small for {args.num_evals} evaluations: "
-                       f"it needs at least num_evals x num_envs x rollout_length = "
-                       f"{args.num_evals * args.steps_per_update} steps")
-
 
 def apply_preset(args: Args, explicit: set[str]) -> Args:
     """The paper's tuned values for this task and method (the `magpo` rows, or under --ctce the
@@ -491,20 +464,21 @@ class Retention(nn.Module):
         # linearly with the chunk length. Decay matrices come from a cumulative sum of the resets.
         A, nh, hs = self.num_agents, self.n_head, self.width // self.n_head
         s = block_steps(steps, A)
-        n, l = steps // s, s * A  # blocks, tokens per block
-        q, k, v = (y.reshape(B, n, l, nh, hs) for y in (q, k, v))
-        t = jnp.arange(l) // A  # the step of each token within its block
-        episode = jnp.cumsum(reset.reshape(B, n, s), axis=2)[:, :, t]  # (B, n, l): episodes since the block start
-        gap = t[:, None] - t[None, :]  # (l, l): t(n) - t(m)
-        visible = (gap >= 0) & (episode[..., :, None] == episode[..., None, :])  # (B, n, l, l)
+        # J blocks of s steps, P tokens in each; in the einsums j is a block, n, m and l are tokens of one
+        J, P = steps // s, s * A
+        q, k, v = (y.reshape(B, J, P, nh, hs) for y in (q, k, v))
+        t = jnp.arange(P) // A  # the step of each token within its block
+        episode = jnp.cumsum(reset.reshape(B, J, s), axis=2)[:, :, t]  # (B, J, P): episodes since the block start
+        gap = t[:, None] - t[None, :]  # (P, P): t(n) - t(m)
+        visible = (gap >= 0) & (episode[..., :, None] == episode[..., None, :])  # (B, J, P, P)
         if self.masked:
-            visible = visible & jnp.tril(jnp.ones((l, l), bool))
-        decay = jnp.where(visible[:, :, None], kappa[:, None, None] ** jnp.maximum(gap, 0), 0.0)  # (B, n, nh, l, l)
+            visible = visible & jnp.tril(jnp.ones((P, P), bool))
+        decay = jnp.where(visible[:, :, None], kappa[:, None, None] ** jnp.maximum(gap, 0), 0.0)  # (B, J, nh, P, P)
         inner = jnp.einsum("bjhnm,bjmhe->bjnhe", jnp.einsum("bjnhd,bjmhd->bjhnm", q, k) * decay, v)
         # What each block adds to the state after it (k^T v decayed to its last step: the last token's
         # row of the decay matrix), and whether the state entering it survives it (no reset inside).
         added = jnp.einsum("bjlhd,bjhl,bjlhe->bjhde", k, decay[..., -1, :], v)
-        kept = (kappa ** s) * (episode[:, :, -1:] == 0)  # (B, n, nh)
+        kept = (kappa ** s) * (episode[:, :, -1:] == 0)  # (B, J, nh)
 
         def through_block(state, xs):
             added, kept = xs
@@ -512,7 +486,7 @@ class Retention(nn.Module):
 
         hidden, entering = jax.lax.scan(through_block, hidden, (jnp.moveaxis(added, 1, 0), jnp.moveaxis(kept, 1, 0)))
         # The state entering a block reaches its step t decayed by κ^(t+1), up to the block's first reset.
-        xi = jnp.where((episode == 0)[..., None], kappa ** (t + 1.0)[:, None], 0.0)  # (B, n, l, nh)
+        xi = jnp.where((episode == 0)[..., None], kappa ** (t + 1.0)[:, None], 0.0)  # (B, J, P, nh)
         cross = jnp.einsum("bjlhd,bjhde->bjlhe", q, jnp.moveaxis(entering, 0, 1)) * xi[..., None]
         return self.output(keyed, (inner + cross).reshape(B, L, nh, hs)), hidden
 
@@ -737,6 +711,22 @@ class OptStates(NamedTuple):
     guider: Any
 
 
+class TrainState(NamedTuple):  # what the gradient steps change
+    params: Params
+    opt_states: OptStates
+
+
+class Batch(NamedTuple):  # what the update trains on: the rollout as (T//C, C, E, ...), a minibatch as (C, n, ...)
+    traj: Transition
+    advantages: jax.Array  # (..., A) the guider's
+    targets: jax.Array  # (..., A) the guider's value targets
+
+
+class Hidden(NamedTuple):  # the recurrent states a sequence of the update starts from
+    actor: jax.Array  # (n*A, H); stored as (T//C, E*A, H)
+    guider: Any  # (n, ...); stored as (T//C, E, ...)
+
+
 class RunnerState(NamedTuple):
     params: Params
     opt_states: OptStates
@@ -823,6 +813,21 @@ def keep_best(best_params, best_return, params, mean_return):
     better = (mean_return >= best_return) & jnp.isfinite(runs.max_abs(params))  # never a diverged policy
     best_params = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), best_params, params)
     return best_params, jnp.where(better, mean_return, best_return)
+
+
+def mean_gradient(grad_fn, params, microbatches):
+    """(performance, not the algorithm: skip on a first read) The mean of `grad_fn(params, microbatch)
+    -> (grads, aux)` over the equal microbatches stacked on the leading axis of `microbatches`, one
+    after another (a lax.scan), with each one's aux stacked. Every loss term being a mean over samples,
+    this is the whole minibatch's gradient, in pieces whose activations can stay in cache."""
+
+    def add(total, microbatch):
+        grads, aux = grad_fn(params, microbatch)
+        return jax.tree_util.tree_map(jnp.add, total, grads), aux
+
+    total, aux = jax.lax.scan(add, jax.tree_util.tree_map(jnp.zeros_like, params), microbatches)
+    count = jax.tree_util.tree_leaves(microbatches)[0].shape[0]
+    return jax.tree_util.tree_map(lambda g: g / count, total), aux
 
 
 # The released code's update epochs, reproduced under --shuffle-agents and --stale-epoch-memory
@@ -946,9 +951,6 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
     optimizer = make_optimizer(args)
     evaluate = make_evaluate(args, env, actor, guider)
     E, A, T, C, H = args.num_envs, env.num_agents, args.rollout_length, args.chunk_size, args.hidden_dim
-    # --ctce: the guider alone, plain PPO (δ -> ∞, no learner), evaluated as the deployed policy
-    delta = math.inf if args.ctce else args.delta
-
     def deployed(params: Params):
         return params.guider if args.ctce else params.actor
 
@@ -1000,7 +1002,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
 
             def chunk(runner: RunnerState, _):
                 # The recurrent states at the start of each chunk are what the update replays from.
-                start_hidden = (runner.actor_hidden, runner.guider_hidden)
+                start_hidden = Hidden(runner.actor_hidden, runner.guider_hidden)
                 runner, transitions = jax.lax.scan(env_step, runner, None, C)
                 return runner, (transitions, start_hidden)
 
@@ -1016,13 +1018,12 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                                               args.gamma, args.gae_lambda)
 
             # ------------------------------------------------------------------ UPDATE NETWORK
-            def loss(params: Params, batch, hidden, entropy_key):
+            def loss(params: Params, batch: Batch, hidden: Hidden, entropy_key):
                 """Eq. 8-9 for the guider plus Eq. 10-11 for the learner, in one pass: each network's
-                terms see the other one through stop_gradient, so the gradients do not mix.
+                terms see the other one through stop_gradient, so the gradients do not mix (--ctce: PPO).
                 `batch` may be a microbatch of the minibatch; its advantages are normalised over the whole."""
-                traj, advantages, targets = batch
-                actor_hidden, guider_hidden = hidden
-                value, guider_pi = guider.apply(params.guider, guider_hidden, traj.obs, traj.action, traj.reset,
+                traj, advantages, targets = batch.traj, batch.advantages, batch.targets
+                value, guider_pi = guider.apply(params.guider, hidden.guider, traj.obs, traj.action, traj.reset,
                                                 traj.step_count, traj.action_mask)
                 log_prob = guider_pi.log_prob(traj.action)
                 entropy = policy_entropy(guider_pi, entropy_key).mean()
@@ -1031,51 +1032,51 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                            # max |ratio - 1|: exactly 0 on an update's first minibatch unless the replay
                            # (hidden states, resets, chunking) is misaligned with the rollout
                            "loss/ratio_dev": jnp.abs(jnp.exp(log_prob - traj.log_prob) - 1.0).max()}
-                if args.ctce:
-                    actor_log_prob, kl_to_actor, actor_loss = jnp.zeros_like(log_prob), jnp.zeros_like(log_prob), 0.0
-                else:
-                    reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
-                    _, actor_pi = actor.apply(params.actor, actor_hidden, agents_to_batch(traj.obs),
-                                              agents_to_batch(reset), agents_to_batch(traj.action_mask))
-                    actor_pi = map_policy(actor_pi, lambda x: batch_to_agents(x, A))  # batch (C, N, A)
-                    actor_log_prob = actor_pi.log_prob(traj.action)
-                    kl_to_actor = guider_pi.kl_divergence(map_policy(actor_pi, jax.lax.stop_gradient))
-                    kl_to_guider = map_policy(guider_pi, jax.lax.stop_gradient).kl_divergence(actor_pi)
-                    actor_loss, actor_ppo, actor_kl = actor_objective(actor_log_prob, traj.log_prob, advantages,
-                                                                      kl_to_guider, args.lam, args.clip_eps)
-                    metrics |= {"loss/actor": actor_ppo, "loss/kl": actor_kl,
-                                "loss/actor_ratio_dev": jnp.abs(jnp.exp(actor_log_prob - traj.actor_log_prob) - 1).max()}
+                if args.ctce:  # the guider alone: plain PPO, no learner to stay close to
+                    guider_ppo, approx_kl, clip_frac = ppo_clip_objective(log_prob, traj.log_prob, advantages,
+                                                                          args.clip_eps)
+                    metrics |= {"loss/guider": guider_ppo, "loss/approx_kl": approx_kl, "loss/clip_frac": clip_frac}
+                    return guider_ppo - args.ent_coef * entropy + args.vf_coef * value_loss, metrics
+                reset = jnp.repeat(traj.reset[..., None], A, axis=-1)
+                _, actor_pi = actor.apply(params.actor, hidden.actor, agents_to_batch(traj.obs),
+                                          agents_to_batch(reset), agents_to_batch(traj.action_mask))
+                actor_pi = map_policy(actor_pi, lambda x: batch_to_agents(x, A))  # batch (C, N, A)
+                actor_log_prob = actor_pi.log_prob(traj.action)
+                kl_to_actor = guider_pi.kl_divergence(map_policy(actor_pi, jax.lax.stop_gradient))
+                kl_to_guider = map_policy(guider_pi, jax.lax.stop_gradient).kl_divergence(actor_pi)
+                actor_loss, actor_ppo, actor_kl = actor_objective(actor_log_prob, traj.log_prob, advantages,
+                                                                  kl_to_guider, args.lam, args.clip_eps)
                 guider_ppo, guider_kl, info = guider_objective(log_prob, jax.lax.stop_gradient(actor_log_prob),
-                                                               traj.log_prob, advantages, kl_to_actor, delta,
+                                                               traj.log_prob, advantages, kl_to_actor, args.delta,
                                                                args.clip_eps)
-                if args.ctce:  # no learner: μ/π means nothing
-                    info = {k: v for k, v in info.items() if not k.startswith("magpo/")}
-                metrics |= {"loss/guider": guider_ppo, "loss/guider_kl": guider_kl, **info}
+                metrics |= {"loss/actor": actor_ppo, "loss/kl": actor_kl, "loss/guider": guider_ppo,
+                            "loss/guider_kl": guider_kl, **info,
+                            "loss/actor_ratio_dev": jnp.abs(jnp.exp(actor_log_prob - traj.actor_log_prob) - 1).max()}
                 guider_loss = guider_ppo + guider_kl - args.ent_coef * entropy + args.vf_coef * value_loss
                 return guider_loss + actor_loss, metrics
 
-            def minibatch_update(carry, grads):
-                params, opt_states = carry
+            def minibatch_update(train_state: TrainState, grads: Params) -> TrainState:
+                params, opt_states = train_state
                 guider_updates, guider_opt = optimizer.update(grads.guider, opt_states.guider)
                 guider_params = optax.apply_updates(params.guider, guider_updates)
                 actor_params, actor_opt = params.actor, opt_states.actor
                 if not args.ctce:
                     actor_updates, actor_opt = optimizer.update(grads.actor, opt_states.actor)
                     actor_params = optax.apply_updates(params.actor, actor_updates)
-                return Params(actor_params, guider_params), OptStates(actor_opt, guider_opt)
+                return TrainState(Params(actor_params, guider_params), OptStates(actor_opt, guider_opt))
 
             # Sequence n = k * E + e is env e's k-th chunk: (T, E, ...) is viewed as (T//C, C, E, ...), and
             # only a minibatch's own sequences are ever gathered (no reordered copy of the rollout).
-            chunks = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
-                                            (traj_batch, advantages, targets))
+            rollout = jax.tree_util.tree_map(lambda x: x.reshape(T // C, C, E, *x.shape[2:]),
+                                             Batch(traj_batch, advantages, targets))
 
             def sequences(x, indices):  # (T//C, C, E, ...) -> the sequences `indices`, (C, len(indices), ...)
                 return jnp.swapaxes(x[indices // E, :, indices % E], 0, 1)
 
             N = (T // C) * E
             # Stored states (T//C, E*A, H) and (T//C, E, ...) -> (T//C * E, ...), matching the sequence order.
-            seq_hidden = (start_hidden[0].reshape(N, A, H),
-                          jax.tree_util.tree_map(lambda h: h.reshape(N, *h.shape[2:]), start_hidden[1]))
+            stored_hidden = Hidden(start_hidden.actor.reshape(N, A, H),
+                                   jax.tree_util.tree_map(lambda h: h.reshape(N, *h.shape[2:]), start_hidden.guider))
 
             def epoch(carry, epoch_key):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
@@ -1092,7 +1093,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 shuffled = jax.random.permutation(jax.random.fold_in(epoch_key, 2), A)  # the agents' order this epoch
                 agent_order = shuffled if args.shuffle_agents else None
 
-                def gather_and_update(carry, xs):
+                def gather_and_update(train_state: TrainState, xs):
                     indices, entropy_key = xs
                     # (performance, not the algorithm: skip on a first read) microbatching.
                     # The minibatch's gradient is the mean of its equal microbatches' gradients (every
@@ -1102,29 +1103,25 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                     # estimator with other draws.)
                     micro_indices = indices.reshape(-1, args.microbatch_sequences)
                     micro_keys = jax.random.split(entropy_key, len(micro_indices))
-                    advantages = normalize_groups(sequences(chunks[1], indices), args.update_batch_size)  # (C, n, A)
+                    advantages = normalize_groups(sequences(rollout.advantages, indices), args.update_batch_size)
                     micro_advantages = jnp.moveaxis(advantages.reshape(C, *micro_indices.shape, A), 1, 0)
 
-                    def microbatch_gradient(grads, micro):
+                    def microbatch_gradient(params: Params, micro):
                         micro_indices, advantages, micro_key = micro
-                        traj, targets = (jax.tree_util.tree_map(lambda x: sequences(x, micro_indices), chunks[i])
-                                         for i in (0, 2))
+                        batch = Batch(jax.tree_util.tree_map(lambda x: sequences(x, micro_indices), rollout.traj),
+                                      advantages, sequences(rollout.targets, micro_indices))
                         memory = memory_index[micro_indices] if args.stale_epoch_memory else micro_indices
-                        guider_hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, memory, axis=0), seq_hidden[1])
-                        actor_hidden = jnp.take(seq_hidden[0], micro_indices, axis=0)  # (n, A, H)
-                        batch = (traj, advantages, targets)
+                        guider_hidden = jax.tree_util.tree_map(lambda h: jnp.take(h, memory, axis=0), stored_hidden.guider)
+                        actor_hidden = jnp.take(stored_hidden.actor, micro_indices, axis=0)  # (n, A, H)
                         if agent_order is not None:
                             batch, actor_hidden = reorder_agents(batch, actor_hidden, agent_order)
-                        micro_grads, losses = jax.grad(loss, has_aux=True)(
-                            carry[0], batch, (actor_hidden.reshape(-1, H), guider_hidden), micro_key)
-                        return jax.tree_util.tree_map(jnp.add, grads, micro_grads), losses
+                        hidden = Hidden(actor_hidden.reshape(-1, H), guider_hidden)
+                        return jax.grad(loss, has_aux=True)(params, batch, hidden, micro_key)
 
-                    zeros = jax.tree_util.tree_map(jnp.zeros_like, carry[0])
-                    grads, losses = jax.lax.scan(microbatch_gradient, zeros,
-                                                 (micro_indices, micro_advantages, micro_keys))
-                    grads = jax.tree_util.tree_map(lambda g: g / len(micro_indices), grads)
+                    grads, losses = mean_gradient(microbatch_gradient, train_state.params,
+                                                  (micro_indices, micro_advantages, micro_keys))
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
-                    return minibatch_update(carry, grads), losses
+                    return minibatch_update(train_state, grads), losses
 
                 train_state, losses = jax.lax.scan(gather_and_update, train_state, (minibatches, entropy_keys))
                 if args.stale_epoch_memory:
@@ -1132,8 +1129,9 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 return (train_state, memory_index), losses
 
             key, epoch_key = jax.random.split(runner.key)
-            ((params, opt_states), _), losses = jax.lax.scan(epoch, ((runner.params, runner.opt_states), jnp.arange(N)),
-                                                             jax.random.split(epoch_key, args.ppo_epochs))
+            ((params, opt_states), _), losses = jax.lax.scan(
+                epoch, (TrainState(runner.params, runner.opt_states), jnp.arange(N)),
+                jax.random.split(epoch_key, args.ppo_epochs))
             runner = runner._replace(params=params, opt_states=opt_states, key=key)
 
             ended = traj_batch.done.sum()

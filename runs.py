@@ -63,7 +63,7 @@ def parse_args(args_type: type, apply_preset: Callable, description: str, argv=N
             args = tyro.cli(args_type, args=argv, description=description.split("\n\n")[0])
     except SystemExit as exit:
         if exit.code in (0, None):  # --help
-            sys.stdout.write(buffer.getvalue())
+            sys.stdout.write(grouped_help(buffer.getvalue(), args_type))
             raise
         # tyro's box: a title, a rule, the message (wrapped over several lines), a rule, a hint
         lines = [l.strip(" │╭╰╮╯|") for l in buffer.getvalue().splitlines()]
@@ -74,6 +74,31 @@ def parse_args(args_type: type, apply_preset: Callable, description: str, argv=N
     given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
              if a.startswith("--")}
     return apply_preset(args, given)
+
+
+# The flags every script's Args starts with, spelled and ordered identically (tests/test_runs.py checks it).
+SHARED_FLAGS = ("env_id", "seed", "num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
+                "ppo_epochs", "lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
+                "num_evals", "num_eval_episodes", "greedy_eval", "recurrent_chunk_size", "hidden_dim", "preset",
+                "out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from")
+
+
+def grouped_help(text: str, args_type: type) -> str:
+    """tyro's --help (one `options` group, the fields in Args' order) as two groups: the flags every
+    script shares, then the script's own (from the first field after SHARED_FLAGS)."""
+    lines = text.splitlines(keepends=True)
+    header = next((i for i, l in enumerate(lines) if l.strip() == "options"), None)
+    own = [f.name for f in dataclasses.fields(args_type) if f.name not in SHARED_FLAGS]
+    if header is None:
+        return text
+    retitle = lambda line, title: f" {title}".ljust(len(line.rstrip("\n"))) + "\n"
+    lines[header] = retitle(lines[header], "options shared by every script" if own else "options (every script has them)")
+    flag = "--" + own[0].replace("_", "-") if own else None
+    first = next((i for i, l in enumerate(lines) if flag and l.split()[:1] in ([flag], [flag + ","])), None)
+    if first is not None:  # a blank line, the group's title and tyro's rule before the script's first own flag
+        script = Path(sys.modules[args_type.__module__].__file__).name
+        lines[first:first] = ["\n", retitle(lines[header], f"options of {script}"), lines[header + 1]]
+    return "".join(lines)
 
 
 def default_is(description: str):
@@ -111,9 +136,10 @@ def preset_values(args, row: dict | None, columns: dict, explicit: set[str]):
     return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
 
 
-def check_run_args(args) -> None:
-    """The checks every script's check_args starts with: no nan or inf in a float flag, and a
-    --run-name that is a plain folder name."""
+def check_run_args(args, positive: tuple[str, ...] = ()) -> None:
+    """The checks every script's check_args starts with, on the shared flags: no nan or inf in a
+    float flag, a --run-name that is a plain folder name, sizes that are positive (and the script's
+    own `positive` ones, where given), and a batch that splits as the flags say."""
     for field in dataclasses.fields(args):  # nan or inf would train silently to nan
         value = getattr(args, field.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -124,6 +150,33 @@ def check_run_args(args) -> None:
     if args.run_name is not None and (Path(args.run_name).name != args.run_name or args.run_name in ("", ".", "..")):
         raise ArgError(f"--run-name must be a plain folder name (no path separator, not '.' or '..'), "
                        f"got {args.run_name!r}")
+    sizes = ["num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches", "ppo_epochs",
+             "num_evals", "num_eval_episodes", "hidden_dim", *positive]
+    for name in sizes:  # None: a default computed later (--microbatch-size)
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ["lr", "clip_eps", "max_grad_norm"]:
+        if not getattr(args, name) > 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ArgError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.rollout_length % args.chunk_size:
+        raise ArgError(f"--recurrent-chunk-size {args.chunk_size} must divide --rollout-length {args.rollout_length}")
+    sequences = args.num_envs * (args.rollout_length // args.chunk_size)
+    groups = getattr(args, "update_batch_size", None)  # the guided scripts' released-code batch groups
+    if groups is not None:
+        if groups < 1 or args.num_envs % groups:
+            raise ArgError(f"--update-batch-size {groups} must be positive and divide --num-envs {args.num_envs}")
+        if (sequences // groups) % args.num_minibatches:
+            raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences // groups} "
+                           f"sequences of each of the --update-batch-size {groups} groups")
+    if sequences % args.num_minibatches:
+        raise ArgError(f"--num-minibatches {args.num_minibatches} must divide the {sequences} sequences "
+                       f"of an update (num_envs x rollout_length / recurrent_chunk_size)")
+    if args.updates_per_eval < 1:
+        raise ArgError(f"--total-timesteps {args.total_timesteps} is too small for {args.num_evals} evaluations: "
+                       f"it needs at least num_evals x num_envs x rollout_length = "
+                       f"{args.num_evals * args.steps_per_update} steps")
 
 
 def cli(main: Callable[[], Any]) -> None:

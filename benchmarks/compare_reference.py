@@ -684,7 +684,8 @@ def main(argv=None) -> int:
                         help=f"our env ids: {', '.join(TASKS)}")
     parser.add_argument("--methods", nargs="+", default=["mappo"], metavar="METHOD", help=f"{', '.join(METHODS)}")
     parser.add_argument("--reference", type=Path, default=REPO / ".reference", help="the folder setup.sh built")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "reference_check", help="where the runs are stored")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results" / "reference_check",
+                        help="where the runs are stored (the committed ones: benchmarks/results/reference_check/)")
     parser.add_argument("--figures", type=Path, default=REPO / "docs" / "reference_check", help="where the PNGs go")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "reference_check.md",
                         help="the markdown page whose table (between its markers) is rewritten")

@@ -1,12 +1,14 @@
 """Learning curves, per-family aggregates and the results table, from the run folders in runs/.
 
     python benchmarks/plot.py                       # runs/ -> runs/plots/*.png, runs/plots/results.md
-    python benchmarks/plot.py --docs                # runs/ -> docs/*.png, docs/results.md (the committed ones)
+    python benchmarks/plot.py --docs                # benchmarks/results/ -> docs/*.png, docs/results.md
     python benchmarks/plot.py --runs /tmp/runs --out /tmp/plots --table /tmp/plots/results.md
     python benchmarks/plot.py --marl-eval merged.json   # the same runs in one file for marl-eval
 
 By default nothing under docs/ is touched: the figures and the table go to `<runs>/plots/`; `--docs`
-writes the committed docs/ figures and docs/results.md instead.
+writes the committed docs/ figures and docs/results.md instead, from the committed run folders under
+`benchmarks/results/` (the result files of the runs the docs show, without models; copy a finished
+run folder there to add it), unless --runs names others.
 
 Reads every `<runs>/<run>/` that holds config.json, marl_eval.json and absolute_metric.json (a run
 without absolute_metric.json was killed or is still running: listed and ignored). The method is
@@ -97,6 +99,10 @@ def fmt_steps(steps: int) -> str:
 def seed_keys(by_seed: dict) -> list[str]:
     """marl_eval.json's seed keys, seed_<--seed x 10,000 + index> (runs.Reporter.seed_entry), in index order."""
     return sorted(by_seed, key=lambda k: int(k[len("seed_"):]))
+
+
+# The committed result files of the runs that docs/results.md and the docs/ figures are drawn from.
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def load_run(folder: Path) -> Run:
@@ -392,7 +398,7 @@ def marl_eval_export(runs: dict[tuple[str, str], Run]) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run folders")
+    parser.add_argument("--runs", type=Path, help="folder of run folders (default: runs/; with --docs benchmarks/results/)")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: <runs>/plots)")
     parser.add_argument("--table", type=Path, help="the markdown table (default: <out>/results.md)")
     parser.add_argument("--docs", action="store_true", help="write docs/*.png and docs/results.md (the committed ones)")
@@ -403,6 +409,7 @@ def main(argv=None) -> None:
     if opts.docs and (opts.out or opts.table):
         parser.error("--docs chooses --out and --table itself")
     docs = Path(__file__).resolve().parents[1] / "docs"
+    opts.runs = opts.runs or (RESULTS if opts.docs else Path("runs"))
     opts.out = opts.out or (docs if opts.docs else opts.runs / "plots")
     opts.table = opts.table or opts.out / "results.md"
     if not opts.runs.is_dir():

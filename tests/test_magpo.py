@@ -296,8 +296,7 @@ def test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic():
     assert h["episodes"].sum() > 0
     # chunks of 8 steps replayed from stored retention states, an episode end inside the 4 x 32 steps
     assert (h["loss/first_ratio_dev"] < 1e-5).all(), h["loss/first_ratio_dev"]
-    assert "loss/kl" not in h and "magpo/mask_frac" not in h and "guider/episode_return" not in h
-    assert (h["loss/guider_kl"] == 0).all()
+    assert not {"loss/kl", "loss/guider_kl", "magpo/mask_frac", "guider/episode_return"} & set(h)  # plain PPO
     # the deployed (saved, evaluated) policy is the guider
     assert any("encoder" in "/".join(map(str, path)) for path, _ in jax.tree_util.tree_leaves_with_path(out["actor"]))
     # the same seed gives the same run; another seed another (seed batching itself is the skeleton's,

@@ -22,7 +22,7 @@ PLUMBING = ["Reporter", "fmt_time", "make_run_dir", "save_models", "shard_seeds"
 @pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__)
 def test_each_script_uses_runs_plumbing(module):
     source = inspect.getsource(module)
-    assert module.runs is runs and module.ArgError is runs.ArgError  # mappo.ArgError still catches check_args'
+    assert module.runs is runs and getattr(module, "ArgError", runs.ArgError) is runs.ArgError  # one error class
     for name in PLUMBING:  # not defined again in the script
         assert f"def {name}(" not in source and f"class {name}" not in source, name
     main = inspect.getsource(module.main)
@@ -30,7 +30,7 @@ def test_each_script_uses_runs_plumbing(module):
         assert call in main, call
     assert "runs.evaluate_saved(args, Args, ALGO, load_policy)" in inspect.getsource(module.evaluate_saved)
     assert "runs.parse_args(Args, apply_preset, __doc__, argv)" in inspect.getsource(module.parse_args)
-    assert "runs.check_run_args(args)" in inspect.getsource(module.check_args)
+    assert "runs.check_run_args(args" in inspect.getsource(module.check_args)
     assert "runs.paper_row(args, " in inspect.getsource(module.apply_preset)
     assert "runs.preset_values(args, row, columns, explicit)" in inspect.getsource(module.apply_preset)
     assert source.rstrip().endswith('if __name__ == "__main__":\n    runs.cli(main)')
@@ -172,3 +172,23 @@ def test_help_shows_one_default_per_flag_and_the_presets_choices(module, capsys)
         assert "(default: None)" not in blocks[name] and blocks[name].count("(default:") == 1, blocks[name]
     assert "(default: <env-id>__<algo>__<seed>__<time>)" in blocks["--run-name"]
     assert blocks["--preset"].startswith(" --preset {None,paper}")
+
+
+@pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__)
+def test_help_has_the_shared_flags_then_the_scripts_own(module, capsys):
+    """Every Args starts with runs.SHARED_FLAGS in that order; --help shows them as one group and the
+    script's own flags as a second group under its name."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(module.Args)]
+    assert tuple(fields[:len(runs.SHARED_FLAGS)]) == runs.SHARED_FLAGS
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    own = fields[len(runs.SHARED_FLAGS):]
+    assert lines.count("options shared by every script" if own else "options (every script has them)") == 1
+    if own:  # mappo.py and ippo.py have no flag of their own
+        title = lines.index(f"options of {module.__name__}.py")
+        flag_line = lambda name: next(i for i, l in enumerate(lines) if l.split()[:1] in ([name], [name + ","]))
+        assert flag_line("--eval-from") < title < flag_line("--" + own[0].replace("_", "-"))
+        assert set(lines[title + 1]) == {"-"}  # tyro's rule under the title
