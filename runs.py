@@ -475,6 +475,22 @@ def save_models(run_dir: Path, results) -> None:
             (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
 
 
+def load_params(path: Path, template):
+    """A saved parameter tree (save_models' msgpack), checked leaf by leaf against `template` (the
+    network the run's flags build): a truncated file or one of other shapes is an ArgError, one line."""
+    try:
+        params = flax.serialization.from_bytes(template, path.read_bytes())
+    except Exception as error:  # msgpack's and flax's errors for a cut or foreign file have no common base
+        raise ArgError(f"{path}: not a saved policy of this run (truncated or another format: "
+                       f"{type(error).__name__})") from None
+    saved, wanted = jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves_with_path(template)
+    for (name, leaf), (_, like) in zip(saved, wanted):
+        if np.shape(leaf) != np.shape(like):
+            raise ArgError(f"{path}: {jax.tree_util.keystr(name)} has shape {np.shape(leaf)}, the run's network "
+                           f"{np.shape(like)}")
+    return params
+
+
 def evaluate_saved(args, args_type: type, algo: str, load_policy: Callable) -> None:
     """--eval-from: reload the policies saved by a run (--save-model) and evaluate each best
     checkpoint on args.num_eval_episodes, one line per seed.
@@ -495,7 +511,7 @@ def evaluate_saved(args, args_type: type, algo: str, load_policy: Callable) -> N
     env = envs.make(saved.env_id)
     evaluate, template = load_policy(saved, env)
     for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
-        params = flax.serialization.from_bytes(template, path.read_bytes())
+        params = load_params(path, template)
         returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes)
         line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
         if not env.metric_is_return:

@@ -192,3 +192,25 @@ def test_help_has_the_shared_flags_then_the_scripts_own(module, capsys):
         flag_line = lambda name: next(i for i, l in enumerate(lines) if l.split()[:1] in ([name], [name + ","]))
         assert flag_line("--eval-from") < title < flag_line("--" + own[0].replace("_", "-"))
         assert set(lines[title + 1]) == {"-"}  # tyro's rule under the title
+
+
+def test_a_truncated_or_foreign_saved_policy_is_one_line_error(tmp_path):
+    """--eval-from on a models file cut short, or of other shapes than the run's network: runs.ArgError
+    (one line, exit code 2) naming the file, instead of msgpack's or a shape error's traceback."""
+    import flax.serialization
+
+    template = {"dense": {"kernel": np.zeros((3, 4), np.float32), "bias": np.zeros(4, np.float32)}}
+    whole = flax.serialization.to_bytes(template)
+    np.testing.assert_array_equal(runs.load_params(_write(tmp_path / "ok.msgpack", whole), template)["dense"]["bias"],
+                                  np.zeros(4))
+    with pytest.raises(runs.ArgError, match=r"cut.msgpack: not a saved policy of this run \(truncated"):
+        runs.load_params(_write(tmp_path / "cut.msgpack", whole[: len(whole) // 2]), template)
+    other = flax.serialization.to_bytes({"dense": {"kernel": np.zeros((3, 5), np.float32), "bias": np.zeros(5)}})
+    shapes = r"other.msgpack: \['dense'\]\['bias'\] has shape \(5,\), the run's network \(4,\)"
+    with pytest.raises(runs.ArgError, match=shapes):
+        runs.load_params(_write(tmp_path / "other.msgpack", other), template)
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
