@@ -25,9 +25,13 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
+import select
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +51,10 @@ import envs
 class Diverged(RuntimeError):
     """Raised by finish_run, after every result is written, when a seed diverged: the one-line summary,
     exit code 1."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C during a run: raised after the checkpoint in progress is written, exit code 130."""
 
 
 class ArgError(ValueError):
@@ -190,6 +198,9 @@ def cli(main: Callable[[], Any]) -> None:
     except Diverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        sys.exit(130)
 
 
 # ==================================================================================================
@@ -269,6 +280,8 @@ class Reporter:
         self.system = system
         self.marl_eval = {env.family: {env.env_id: {self.system: {}}}}  # marl-eval's nesting
         self.diverged: dict[int, tuple[int, list[str]]] = {}  # seed -> (checkpoint, the metrics not finite)
+        self.stop_requested = False  # Ctrl-C (stop_on_ctrl_c): the next checkpoint's callback stops the run
+        self.written = 0  # checkpoints written so far
 
     def seed_entry(self, seed_index: int) -> dict:
         """marl_eval.json's entry of a seed. Its key `seed_<n>` is what marl-eval's merge accepts, with
@@ -281,6 +294,8 @@ class Reporter:
         return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
 
     def __call__(self, seed_index, checkpoint, metrics):
+        if self.stop_requested:  # raised inside the compiled run's callback: XLA stops the run here
+            raise Interrupted("Ctrl-C")
         seed_index, checkpoint = int(seed_index), int(checkpoint)
         metrics = jax.tree_util.tree_map(np.asarray, metrics)
         self.pending.setdefault(checkpoint, {})[seed_index] = metrics
@@ -298,6 +313,7 @@ class Reporter:
                       f"go on", file=sys.stderr, flush=True)
 
     def flush(self, checkpoint, by_seed):
+        self.written = checkpoint + 1
         args, steps = self.args, self.steps_at(checkpoint)
         elapsed = time.time() - self.start
         sps = steps * args.num_seeds / max(elapsed, 1e-9)
@@ -442,7 +458,62 @@ def compile_and_run(train: Callable, keys: jax.Array, reporter: Reporter):
     on = f", seeds split across {num_devices} devices" if num_devices > 1 else ""
     print(f"compiled in {time.time() - t0:.1f}s{on}", flush=True)
     reporter.start = time.time()
-    return jax.block_until_ready(compiled(keys, seed_indices))
+    with stop_on_ctrl_c(reporter):
+        try:
+            return jax.block_until_ready(compiled(keys, seed_indices))
+        except Exception:  # XLA's error for the Interrupted raised in the Reporter's callback
+            if not reporter.stop_requested:
+                raise
+    done = reporter.written
+    raise Interrupted(f"stopped by Ctrl-C after checkpoint {done} of {reporter.args.num_evals} (step "
+                      f"{reporter.steps_at(done - 1) if done else 0:,}): {reporter.run_dir} holds the curve up to "
+                      f"there, no absolute metric; train it again to finish it") from None
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(reporter: Reporter):
+    """(faults) Ctrl-C during the compiled run stops it at the next checkpoint, after the one in progress
+    is written; a second Ctrl-C quits at once (exit code 130). Python runs its signal handlers only when
+    the main thread runs Python, which it does not while it waits for XLA, so the C-level handler's
+    wakeup byte is read by a thread of ours, which asks the Reporter to stop."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)  # the wakeup fd needs a Python handler
+    previous_fd = signal.set_wakeup_fd(write)
+
+    def watch():
+        while True:
+            select.select([read], [], [])
+            pressed = os.read(read, 64)
+            if b"\0" in pressed:  # the run is over
+                return
+            for _ in range(pressed.count(signal.SIGINT)):
+                if reporter.stop_requested:
+                    print("Ctrl-C again: quitting now", file=sys.stderr, flush=True)
+                    os._exit(130)
+                reporter.stop_requested = True
+                print("Ctrl-C: stopping after the checkpoint in progress (Ctrl-C again to quit now)", file=sys.stderr,
+                      flush=True)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    logger = logging.getLogger("jax._src.debugging")  # it logs a callback's exception with its traceback
+    ours = lambda record: not reporter.stop_requested  # the Interrupted raised on Ctrl-C is expected: not logged
+    logger.addFilter(ours)
+    try:
+        yield
+    finally:
+        logger.removeFilter(ours)
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.write(write, b"\0")
+        watcher.join()
+        os.close(write)
+        os.close(read)
 
 
 def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_runs, algo: str, saved: str = "actors") -> None:

@@ -2,6 +2,11 @@
 
 import inspect
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ import magpo_mat
 import magpo_sable
 import mappo
 import runs
+from helpers import cli_env
 
 SCRIPTS = [ippo, mappo, magpo_sable, magpo_mat, ctds]
 PLUMBING = ["Reporter", "fmt_time", "make_run_dir", "save_models", "shard_seeds", "start_run", "compile_and_run",
@@ -214,3 +220,29 @@ def test_a_truncated_or_foreign_saved_policy_is_one_line_error(tmp_path):
 def _write(path, data):
     path.write_bytes(data)
     return path
+
+
+def test_ctrl_c_stops_the_run_at_a_checkpoint_with_its_results_on_disk(tmp_path):
+    """Ctrl-C while the compiled run trains (the main thread waits in XLA, where Python's own handler
+    never runs): the run stops at the next checkpoint, everything written until then stays, and the
+    exit is one line on stderr, code 130."""
+    flags = ["--env-id", "coordsum-3x10", "--num-seeds", "2", "--num-envs", "4", "--rollout-length", "8",
+             "--total-timesteps", str(64 * 4 * 8 * 4), "--num-evals", "64", "--num-eval-episodes", "4",
+             "--out-dir", str(tmp_path), "--run-name", "r"]
+    script = Path(__file__).resolve().parents[1] / "mappo.py"
+    proc = subprocess.Popen([sys.executable, str(script), *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=cli_env())
+    for line in proc.stdout:  # the second progress line: the compiled run is training
+        if line.startswith("[   2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
+    assert lines[0].startswith("Ctrl-C: stopping after the checkpoint in progress")
+    assert lines[-1].startswith("interrupted: stopped by Ctrl-C after checkpoint ") and len(lines) == 2, lines
+    written = int(lines[-1].split("after checkpoint ")[1].split()[0])
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= written < 64 and len(rows) == 2 * written  # every checkpoint it reached, both seeds
+    assert not (tmp_path / "r" / "absolute_metric.json").exists() and time.time() - t0 < 60
