@@ -36,6 +36,7 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import envs  # noqa: E402
+import runs  # noqa: E402
 
 # rware-tiny-4ag, then the largest task of each family (most agents, then the largest views)
 DEFAULT_IDS = ["rware-tiny-4ag", "coordsum-8x15", "rware-large-8ag", "lbf-15x15-4p-5f", "connector-15x15x23a",
@@ -49,7 +50,7 @@ def configure(script, env_id: str, num_seeds: int):
     try:
         args = script.apply_preset(args, set())
         preset = "preset"
-    except script.ArgError:
+    except runs.ArgError:
         args = dataclasses.replace(args, preset=None)
         preset = "defaults"
     # One update and one checkpoint: the memory does not depend on the number of either.

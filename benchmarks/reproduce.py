@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import envs  # noqa: E402
+import runs  # noqa: E402
 
 # method -> (script module, flags that select the method within it)
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -106,7 +107,7 @@ def plan_run(env_id: str, method: str, opts: argparse.Namespace) -> Run:
     run = Run(env_id, method, name, command)
     try:
         args = plain = module.parse_args(flags)  # the flags alone must be valid, or the preset's failure would hide it
-    except module.ArgError as error:
+    except runs.ArgError as error:
         run.error = f"invalid flags for {script}.py: {error}"
         return run
     try:  # the script's own lookup: an error here means the paper lists no configuration
@@ -114,11 +115,11 @@ def plan_run(env_id: str, method: str, opts: argparse.Namespace) -> Run:
         run.preset = True
         run.preset_values = {k: v for k, v in dataclasses.asdict(args).items()
                              if k != "preset" and v != getattr(plain, k)}
-    except module.ArgError as error:
+    except runs.ArgError as error:
         run.no_preset = str(error).split(";")[0]  # "the paper lists no mappo configuration for <id>"
     try:
         module.check_args(args)
-    except module.ArgError as error:
+    except runs.ArgError as error:
         preset = f" with the paper's preset ({fmt_values(run.preset_values)}; --extra overrides it)" if run.preset else ""
         run.error = f"invalid settings for {script}.py{preset}: {error}"
         return run

@@ -21,6 +21,7 @@ import ctds
 import magpo_mat as mm
 import magpo_sable as ms
 import mappo
+import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -436,7 +437,7 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
         assert not args.shuffle_agents and not args.stale_epoch_memory
     assert mm.Args().shuffle_agents and not mm.Args().stale_epoch_memory
     assert not mm.parse_args(["--no-shuffle-agents"]).shuffle_agents
-    with pytest.raises(mm.ArgError, match="Unrecognized"):
+    with pytest.raises(runs.ArgError, match="Unrecognized"):
         mm.parse_args(["--stale-epoch-memory"])
 
 
