@@ -101,6 +101,10 @@ class Args:
     """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
     eval_from: str | None = None
     """instead of training, reload the saved actors of this run folder and evaluate them"""
+    resume: str | None = None
+    """continue this run folder from its last checkpoint (runs/<run>); its other flags are the run's own"""
+    save_state: bool = True
+    """write the whole training state at every checkpoint (state.msgpack), which --resume continues from"""
 
     @property
     def steps_per_update(self) -> int:
@@ -450,16 +454,18 @@ def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor):
 
 
 def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
-    """train(key, seed_index) -> results: the whole run of one seed, to be jitted and vmapped.
+    """The run of one seed, to be jitted and vmapped, as runs.Train(init, train): init(key) -> the
+    RunnerState before the first update; train(runner, seed_index, first_checkpoint) -> results, the
+    run from that state on (a fresh run from checkpoint 0, a resumed one after its saved checkpoint).
 
-    `report(seed_index, checkpoint, metrics)` is called from inside the compiled run (a host
-    callback) after each evaluation, so progress and results stream out while it trains."""
+    `report(seed_index, checkpoint, metrics, runner)` is called from inside the compiled run (a host
+    callback) after each evaluation, so progress, results and the run's state stream out while it trains."""
     actor, critic = make_networks(args, env)
     optimizer = make_optimizer(args)
     evaluate = make_evaluate(args, env, actor)
     E, A, T, C, H = args.num_envs, env.num_agents, args.rollout_length, args.chunk_size, args.hidden_dim
 
-    def train(key, seed_index):
+    def init(key) -> RunnerState:  # the runner state before the first update
         # ------------------------------------------------------------------ INIT
         key, actor_key, critic_key, env_key = jax.random.split(key, 4)
         env_state, timestep = jax.vmap(env.reset)(jax.random.split(env_key, E))
@@ -471,8 +477,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
         critic_params = critic.init(critic_key, zeros_hidden, agents_to_batch(critic_input(ts1)), reset1)
         params = Params(actor_params, critic_params)
         opt_states = OptStates(optimizer.init(actor_params), optimizer.init(critic_params))
-        runner = RunnerState(params, opt_states, env_state, timestep, zeros_hidden, zeros_hidden, key,
-                             actor_params, jnp.float32(-jnp.inf))
+        return RunnerState(params, opt_states, env_state, timestep, zeros_hidden, zeros_hidden, key,
+                           actor_params, jnp.float32(-jnp.inf))
+
+    def train(runner: RunnerState, seed_index, first_checkpoint):
 
         def update(runner: RunnerState, _):
             # ------------------------------------------------------------------ COLLECT TRAJECTORIES
@@ -605,10 +613,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             summary["loss/first_ratio_dev"] = train_metrics["loss/first_ratio_dev"].max()
             out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
             if report is not None:
-                jax.debug.callback(report, seed_index, index, out)
+                jax.debug.callback(report, seed_index, index, out, runner if args.save_state else None)
             return runner, out
 
-        runner, history = jax.lax.scan(checkpoint, runner, jnp.arange(args.num_evals))
+        runner, history = runs.scan_checkpoints(checkpoint, runner, first_checkpoint, args.num_evals)
         # The paper's absolute metric: the best checkpoint, re-evaluated on 10x the episodes.
         key, abs_key = jax.random.split(runner.key)
         abs_returns, abs_metrics = evaluate(runner.best_actor, abs_key, 10 * args.num_eval_episodes)
@@ -616,7 +624,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 "absolute/episode_metric": abs_metrics, "actor": runner.params.actor,
                 "best_actor": runner.best_actor}
 
-    return train
+    return runs.Train(init, train)
 
 
 # ==================================================================================================
@@ -651,7 +659,7 @@ def main(argv=None) -> None:
     run_dir, wandb_runs = runs.start_run(args, env, ALGO, ALGO)  # runs/<run>/config.json, wandb, header
     reporter = runs.Reporter(args, env, run_dir, wandb_runs, system=ALGO)
     # All seeds in one compiled call: seed i trains from fold_in(PRNGKey(seed), i).
-    train = jax.vmap(make_train(args, env, reporter))
+    train = make_train(args, env, reporter)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
     results = runs.compile_and_run(train, keys, reporter)
     # The absolute metric; under --save-model each seed's actor.

@@ -124,6 +124,10 @@ class Args:
     """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
     eval_from: str | None = None
     """instead of training, reload the saved actors of this run folder and evaluate them"""
+    resume: str | None = None
+    """continue this run folder from its last checkpoint (runs/<run>); its other flags are the run's own"""
+    save_state: bool = True
+    """write the whole training state at every checkpoint (state.msgpack), which --resume continues from"""
 
     # --- MAGPO / Sable ---
     delta: float = 1.5
@@ -943,10 +947,12 @@ def make_evaluate(args: Args, env: envs.MultiAgentEnv, actor: Actor, guider: Gui
 
 
 def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
-    """train(key, seed_index) -> results: the whole run of one seed, to be jitted and vmapped.
+    """The run of one seed, to be jitted and vmapped, as runs.Train(init, train): init(key) -> the
+    RunnerState before the first update; train(runner, seed_index, first_checkpoint) -> results, the
+    run from that state on (a fresh run from checkpoint 0, a resumed one after its saved checkpoint).
 
-    `report(seed_index, checkpoint, metrics)` is called from inside the compiled run (a host
-    callback) after each evaluation, so progress and results stream out while it trains."""
+    `report(seed_index, checkpoint, metrics, runner)` is called from inside the compiled run (a host
+    callback) after each evaluation, so progress, results and the run's state stream out while it trains."""
     actor, guider = make_networks(args, env)
     optimizer = make_optimizer(args)
     evaluate = make_evaluate(args, env, actor, guider)
@@ -954,7 +960,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
     def deployed(params: Params):
         return params.guider if args.ctce else params.actor
 
-    def train(key, seed_index):
+    def init(key) -> RunnerState:  # the runner state before the first update
         # ------------------------------------------------------------------ INIT
         key, actor_key, guider_key, env_key = jax.random.split(key, 4)
         env_state, timestep = jax.vmap(env.reset)(jax.random.split(env_key, E))
@@ -969,8 +975,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                                     env_state.step_count[None], ts1.action_mask)
         params = Params(actor_params, guider_params)
         opt_states = OptStates(optimizer.init(actor_params), optimizer.init(guider_params))
-        runner = RunnerState(params, opt_states, env_state, timestep, zeros_hidden, guider_hidden, key,
-                             deployed(params), jnp.float32(-jnp.inf))
+        return RunnerState(params, opt_states, env_state, timestep, zeros_hidden, guider_hidden, key,
+                           deployed(params), jnp.float32(-jnp.inf))
+
+    def train(runner: RunnerState, seed_index, first_checkpoint):
 
         def update(runner: RunnerState, _):
             # ------------------------------------------------------------------ COLLECT TRAJECTORIES
@@ -1163,10 +1171,10 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 summary["guider/episode_return"] = guider_returns.mean()
             out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
             if report is not None:
-                jax.debug.callback(report, seed_index, index, out)
+                jax.debug.callback(report, seed_index, index, out, runner if args.save_state else None)
             return runner, out
 
-        runner, history = jax.lax.scan(checkpoint, runner, jnp.arange(args.num_evals))
+        runner, history = runs.scan_checkpoints(checkpoint, runner, first_checkpoint, args.num_evals)
         # The paper's absolute metric: the best checkpoint, re-evaluated on 10x the episodes.
         key, abs_key = jax.random.split(runner.key)
         abs_returns, abs_metrics = evaluate(runner.best_actor, abs_key, 10 * args.num_eval_episodes, args.ctce)
@@ -1174,7 +1182,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 "absolute/episode_metric": abs_metrics, "actor": deployed(runner.params),
                 "best_actor": runner.best_actor}
 
-    return train
+    return runs.Train(init, train)
 
 
 # ==================================================================================================
@@ -1218,7 +1226,7 @@ def main(argv=None) -> None:
     # the progress line also shows the guider's own (centralised) return
     reporter = runs.Reporter(args, env, run_dir, wandb_runs, system=system, columns={"guider/episode_return": "guider"})
     # All seeds in one compiled call: seed i trains from fold_in(PRNGKey(seed), i).
-    train = jax.vmap(make_train(args, env, reporter))
+    train = make_train(args, env, reporter)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(args.seed), i))(jnp.arange(args.num_seeds))
     results = runs.compile_and_run(train, keys, reporter)
     # The absolute metric; under --save-model each seed's deployed policy:

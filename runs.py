@@ -6,7 +6,10 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
   `check_run_args`, and --preset paper's lookup in paper_params.csv (`paper_row`, `preset_values`);
 - the run folder: `make_run_dir` (runs/<run-name>/, never overwritten) and `start_run`
   (config.json, wandb, the header line);
-- the compiled run: `shard_seeds` (the seed axis across devices) and `compile_and_run`;
+- the compiled run: `Train` (a script's init and train), `scan_checkpoints`, `shard_seeds` (the seed
+  axis across devices) and `compile_and_run`;
+- resuming (--resume): `resumed_args` (the run's own flags), `Reporter.write_state` / `restore`
+  (state.msgpack at every checkpoint) and `restore_runner`;
 - the results: `Reporter` (the progress line, metrics.jsonl, marl_eval.json, absolute_metric.json,
   wandb), `finish_run`, `save_models` (models/seed_<i>_{final,best}.msgpack) and the generic part
   of `evaluate_saved` (--eval-from);
@@ -34,7 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.serialization
 import jax
@@ -81,14 +84,50 @@ def parse_args(args_type: type, apply_preset: Callable, description: str, argv=N
         raise ArgError(f"{message} (see --help)") from None
     given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
              if a.startswith("--")}
+    given = {name[3:] if name.startswith("no_") and not hasattr(args, name) else name for name in given}  # --no-<flag>
+    if getattr(args, "resume", None):
+        return resumed_args(args, args_type, given)
     return apply_preset(args, given)
+
+
+def resumed_args(args, args_type: type, given: set[str]):
+    """(resume) --resume <run folder>: the flags the run was started with (its config.json), with the
+    output flags given now (--track, --save-model, ...). A flag that changes the run and differs from
+    the run's own value is refused, naming it; so is a folder of another script, a finished run, or
+    --out-dir / --run-name / --eval-from beside --resume."""
+    run_dir = Path(args.resume)
+    clash = sorted(given & {"out_dir", "run_name", "eval_from"})
+    if clash:
+        flags = ", ".join("--" + c.replace("_", "-") for c in clash)
+        raise ArgError(f"--resume continues the run in its own folder: drop {flags}")
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        saved_args = config["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ArgError(f"--resume {run_dir}: not a run folder (no readable config.json)") from None
+    script = Path(sys.modules[args_type.__module__].__file__).stem
+    if config.get("algo") != script and script != "__main__":
+        raise ArgError(f"--resume {run_dir}: trained by {config.get('algo')}.py, not {script}.py")
+    if (run_dir / "absolute_metric.json").is_file():
+        raise ArgError(f"--resume {run_dir}: the run is finished (it has its absolute_metric.json)")
+    fields = {f.name for f in dataclasses.fields(args_type)}
+    saved = args_type(**{k: v for k, v in saved_args.items() if k in fields})
+    differ = sorted(name for name in given - OUTPUT_FLAGS if name in fields and getattr(args, name) != getattr(saved, name))
+    if differ:
+        named = ", ".join(f"--{n.replace('_', '-')} {getattr(args, n)} (the run's: {getattr(saved, n)})" for n in differ)
+        raise ArgError(f"--resume {run_dir}: {named}; a resumed run keeps the flags it was started with")
+    own = {name: getattr(args, name) for name in given & OUTPUT_FLAGS if name in fields}
+    own.update(resume=str(run_dir), out_dir=str(run_dir.parent), run_name=run_dir.name)
+    return dataclasses.replace(saved, **own)
 
 
 # The flags every script's Args starts with, spelled and ordered identically (tests/test_runs.py checks it).
 SHARED_FLAGS = ("env_id", "seed", "num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
                 "ppo_epochs", "lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
                 "num_evals", "num_eval_episodes", "greedy_eval", "recurrent_chunk_size", "hidden_dim", "preset",
-                "out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from")
+                "out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from", "resume", "save_state")
+# The flags that change nothing a run computes: the only ones --resume lets differ from the run's config.json.
+OUTPUT_FLAGS = {"out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from", "resume", "save_state"}
 
 
 def grouped_help(text: str, args_type: type) -> str:
@@ -235,19 +274,27 @@ def start_run(args, env: envs.MultiAgentEnv, algo: str, system: str):
 
     Under --track each seed is a wandb run of its own, named <run>__seed_<i> and grouped by the run's
     name (`group=`), so that wandb's grouping shows the mean and spread over seeds."""
-    run_dir = make_run_dir(args, system)
-    config = {"algo": algo, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
-              "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    if args.resume:  # (resume) the run's own folder and config.json, checked by resumed_args
+        run_dir = Path(args.resume)
+        config = json.loads((run_dir / "config.json").read_text())
+    else:
+        run_dir = make_run_dir(args, system)
+        config = {"algo": algo, "system": system, "args": dataclasses.asdict(args), "env": repr(env),
+                  "num_updates": args.num_updates, "steps_per_seed": args.num_updates * args.steps_per_update}
+        if args.track:  # the runs' ids, so that --resume continues the same wandb runs
+            config["wandb_ids"] = [f"{os.urandom(6).hex()}s{s}" for s in range(args.num_seeds)]
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     wandb_runs = None
     if args.track:
         import wandb
 
+        ids = config.get("wandb_ids") or [None] * args.num_seeds
         wandb_runs = [wandb.init(project=args.wandb_project, group=run_dir.name, name=f"{run_dir.name}__seed_{s}",
                                  job_type=system, config={**config, "seed_index": s}, dir=str(run_dir),
-                                 reinit="create_new") for s in range(args.num_seeds)]
+                                 id=ids[s], resume="allow", reinit="create_new") for s in range(args.num_seeds)]
+    verb = "resuming" if args.resume else "->"
     print(f"{system} on {env!r}\n{args.num_seeds} seeds x {args.num_updates} updates x "
-          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed -> {run_dir}", flush=True)
+          f"{args.steps_per_update} steps = {config['steps_per_seed']:,} steps per seed {verb} {run_dir}", flush=True)
     return run_dir, wandb_runs
 
 
@@ -282,6 +329,11 @@ class Reporter:
         self.diverged: dict[int, tuple[int, list[str]]] = {}  # seed -> (checkpoint, the metrics not finite)
         self.stop_requested = False  # Ctrl-C (stop_on_ctrl_c): the next checkpoint's callback stops the run
         self.written = 0  # checkpoints written so far
+        self.pending_state: dict[int, dict[int, Any]] = {}  # checkpoint -> seed -> its runner state
+        self.elapsed_before = 0.0  # (resume) the training time of the run before it was resumed
+        self.resumed_leaves = None  # (resume) the saved runner state's leaves, stacked over seeds
+        if args.resume:
+            self.restore()
 
     def seed_entry(self, seed_index: int) -> dict:
         """marl_eval.json's entry of a seed. Its key `seed_<n>` is what marl-eval's merge accepts, with
@@ -293,14 +345,59 @@ class Reporter:
     def steps_at(self, checkpoint: int) -> int:
         return (checkpoint + 1) * self.args.updates_per_eval * self.args.steps_per_update
 
-    def __call__(self, seed_index, checkpoint, metrics):
+    def __call__(self, seed_index, checkpoint, metrics, runner=None):
+        """One seed's checkpoint: its metrics and, unless --no-save-state, its whole runner state."""
         if self.stop_requested:  # raised inside the compiled run's callback: XLA stops the run here
             raise Interrupted("Ctrl-C")
         seed_index, checkpoint = int(seed_index), int(checkpoint)
         metrics = jax.tree_util.tree_map(np.asarray, metrics)
         self.pending.setdefault(checkpoint, {})[seed_index] = metrics
+        self.pending_state.setdefault(checkpoint, {})[seed_index] = runner
         if len(self.pending[checkpoint]) == self.args.num_seeds:
             self.flush(checkpoint, self.pending.pop(checkpoint))
+            runners = self.pending_state.pop(checkpoint)
+            if self.args.save_state and all(r is not None for r in runners.values()):
+                self.write_state(checkpoint, [runners[s] for s in range(self.args.num_seeds)])
+
+    # ----------------------------------------------------------------- (resume) the run's state on disk
+    def write_state(self, checkpoint: int, runners: list):
+        """state.msgpack: every seed's runner state after `checkpoint` (stacked over seeds, as the
+        compiled run holds it) and what the Reporter has gathered, written atomically (a killed run
+        leaves the previous checkpoint's file whole)."""
+        leaves = [np.stack(x) for x in zip(*(jax.tree_util.tree_leaves(r) for r in runners))]
+        reporter = {"marl_eval": self.marl_eval, "elapsed": time.time() - self.start,
+                    "diverged": {str(s): list(v) for s, v in self.diverged.items()}}
+        state = {"checkpoint": checkpoint, "reporter": json.dumps(reporter),
+                 "leaves": {str(i): leaf for i, leaf in enumerate(leaves)}}
+        tmp = self.run_dir / "state.msgpack.tmp"
+        tmp.write_bytes(flax.serialization.msgpack_serialize(state))
+        os.replace(tmp, self.run_dir / "state.msgpack")
+        if os.environ.get("RUNS_KILL_AFTER_CHECKPOINT") == str(checkpoint + 1):  # the resume test's SIGKILL
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def restore(self):
+        """--resume: the Reporter as it was after the run's last saved checkpoint; metrics.jsonl cut
+        back to that checkpoint (a run killed between its files and its state wrote one more)."""
+        path = self.run_dir / "state.msgpack"
+        if not path.is_file():
+            raise ArgError(f"--resume {self.run_dir}: no state.msgpack (the run stopped before its first checkpoint "
+                           f"or ran with --no-save-state): train it again")
+        try:
+            state = flax.serialization.msgpack_restore(path.read_bytes())
+            checkpoint, reporter = int(state["checkpoint"]), json.loads(state["reporter"])
+            self.resumed_leaves = [state["leaves"][str(i)] for i in range(len(state["leaves"]))]
+        except Exception as error:  # msgpack's errors for a cut or foreign file have no common base
+            raise ArgError(f"{path}: not a run state (truncated or another format: {type(error).__name__})") from None
+        self.written = checkpoint + 1
+        self.marl_eval = reporter["marl_eval"]
+        self.diverged = {int(s): (c, bad) for s, (c, bad) in reporter["diverged"].items()}
+        self.elapsed_before = reporter["elapsed"]
+        rows = (self.run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+        kept = [row for row in rows if checkpoint_of(row) is not None and checkpoint_of(row) <= checkpoint]
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.run_dir / "metrics.jsonl")
+        self.write_marl_eval()
 
     def check_finite(self, checkpoint, by_seed):
         """(faults) Mark the seeds whose metrics are no longer finite as diverged, and say so once."""
@@ -425,6 +522,14 @@ class Reporter:
         os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
 
 
+def checkpoint_of(row: str) -> int | None:
+    """A metrics.jsonl row's checkpoint; None for a row cut short by a kill."""
+    try:
+        return int(json.loads(row)["checkpoint"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 # ==================================================================================================
 # The compiled run
 # ==================================================================================================
@@ -447,27 +552,80 @@ def shard_seeds(*arrays):
     return jax.device_put(arrays, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))), count
 
 
-def compile_and_run(train: Callable, keys: jax.Array, reporter: Reporter):
-    """train(keys, seed_indices), the script's seed-vmapped training, compiled exactly once (the
-    seeds split across the devices, `shard_seeds`) and run to the end; the Reporter's clock starts
-    after the compilation. Returns the results, on the host's side of block_until_ready."""
+class Train(NamedTuple):
+    """A script's training of one seed in two pieces, so that a run can go on from a saved state:
+    `init(key)` -> its RunnerState before the first update; `run(runner, seed_index, first_checkpoint)`
+    -> its results, training from that state through checkpoints first_checkpoint .. num_evals - 1
+    (`scan_checkpoints`). `train(key, seed_index)` is a fresh run in one piece (what the tests jit)."""
+
+    init: Callable
+    run: Callable
+
+    def __call__(self, key, seed_index):
+        return self.run(self.init(key), seed_index, 0)
+
+
+def scan_checkpoints(checkpoint: Callable, runner, first_checkpoint, num_evals: int):
+    """lax.scan of `checkpoint(runner, index) -> (runner, out)` over index = 0 .. num_evals - 1, the
+    indices before `first_checkpoint` skipped (a resumed run starts from the state after checkpoint
+    first_checkpoint - 1; their `out` is zeros). `first_checkpoint` is an input of the compiled run,
+    not a constant: a fresh and a resumed run are one and the same compiled program."""
+
+    def step(runner, index):
+        def skip(runner, index):
+            shapes = jax.eval_shape(checkpoint, runner, index)[1]
+            return runner, jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+        return jax.lax.cond(index < first_checkpoint, skip, checkpoint, runner, index)
+
+    return jax.lax.scan(step, runner, jnp.arange(num_evals))
+
+
+def restore_runner(reporter: Reporter, fresh):
+    """(resume) The saved runner state in the structure, shapes, dtypes and device placement of a
+    fresh one (`fresh`, the compiled init's output); a state of another run's shapes is an ArgError."""
+    leaves, treedef = jax.tree_util.tree_flatten(fresh)
+    saved = reporter.resumed_leaves
+    path = reporter.run_dir / "state.msgpack"
+    if len(saved) != len(leaves):
+        raise ArgError(f"{path}: {len(saved)} arrays, the run's flags build {len(leaves)}")
+    for i, (x, like) in enumerate(zip(saved, leaves)):
+        if np.shape(x) != like.shape or np.asarray(x).dtype != like.dtype:
+            raise ArgError(f"{path}: array {i} is {np.asarray(x).dtype}{list(np.shape(x))}, the run's flags build "
+                           f"{like.dtype}{list(like.shape)}")
+    return treedef.unflatten([jax.device_put(x, like.sharding) for x, like in zip(saved, leaves)])
+
+
+def compile_and_run(train: Train, keys: jax.Array, reporter: Reporter):
+    """The script's training for every seed (vmapped), compiled exactly once (the seeds split across
+    the devices, `shard_seeds`) and run to the end, from the start or, under --resume, from the run's
+    saved state (the same compiled program); the Reporter's clock starts after the compilation.
+    Returns the results, on the host's side of block_until_ready."""
     seed_indices = jnp.arange(keys.shape[0])
     (keys, seed_indices), num_devices = shard_seeds(keys, seed_indices)
     t0 = time.time()
-    compiled = jax.jit(train).lower(keys, seed_indices).compile()  # exactly one compilation
+    runner = jax.jit(jax.vmap(train.init))(keys)
+    if reporter.resumed_leaves is not None:
+        runner = restore_runner(reporter, runner)
+    first = jnp.int32(reporter.written)  # 0 for a fresh run
+    compiled = jax.jit(jax.vmap(train.run, in_axes=(0, 0, None))).lower(runner, seed_indices, first).compile()
     on = f", seeds split across {num_devices} devices" if num_devices > 1 else ""
-    print(f"compiled in {time.time() - t0:.1f}s{on}", flush=True)
-    reporter.start = time.time()
+    at = f"; resuming after checkpoint {reporter.written}" if reporter.written else ""
+    print(f"compiled in {time.time() - t0:.1f}s{on}{at}", flush=True)
+    reporter.start = time.time() - reporter.elapsed_before
     with stop_on_ctrl_c(reporter):
         try:
-            return jax.block_until_ready(compiled(keys, seed_indices))
+            return jax.block_until_ready(compiled(runner, seed_indices, first))
         except Exception:  # XLA's error for the Interrupted raised in the Reporter's callback
             if not reporter.stop_requested:
                 raise
-    done = reporter.written
-    raise Interrupted(f"stopped by Ctrl-C after checkpoint {done} of {reporter.args.num_evals} (step "
+    done, args = reporter.written, reporter.args
+    script = json.loads((reporter.run_dir / "config.json").read_text())["algo"]
+    then = (f"; resume with: python {script}.py --resume {reporter.run_dir}" if done and args.save_state
+            else "; train it again to finish it")
+    raise Interrupted(f"stopped by Ctrl-C after checkpoint {done} of {args.num_evals} (step "
                       f"{reporter.steps_at(done - 1) if done else 0:,}): {reporter.run_dir} holds the curve up to "
-                      f"there, no absolute metric; train it again to finish it") from None
+                      f"there, no absolute metric{then}") from None
 
 
 @contextlib.contextmanager
@@ -523,6 +681,7 @@ def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_runs, alg
     if args.save_model:
         save_models(run_dir, results)
         print(f"saved {saved} to {run_dir / 'models'}; evaluate with: python {algo}.py --eval-from {run_dir}")
+    (run_dir / "state.msgpack").unlink(missing_ok=True)  # (resume) a finished run is not resumed: its state goes
     for run in wandb_runs or []:
         run.finish()
     summary = reporter.divergence_summary()

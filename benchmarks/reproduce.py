@@ -19,10 +19,11 @@ otherwise (said so on the console). `--extra` adds flags to every run; they win 
 Each run writes to `<out-dir>/<env-id>__<method>__<budget>/` (budget: the steps per seed, `20M`).
 A folder that already holds `absolute_metric.json` is a finished run: skipped, provided it was
 trained with the same settings (otherwise an error: choose another --out-dir). A folder without it
-was killed (or is still running in another shell): the driver leaves it alone and reports an error
-for that run, since the scripts never overwrite a folder and a second folder of the same run would
-only confuse the plots; move or delete it to train that run again (its curve up to the last
-checkpoint stays readable). A run that fails is reported and the others still run; the exit code
+but with the state of its last checkpoint (`state.msgpack`) is a killed run: the driver resumes it
+(`--resume`; the same settings checked). A folder with neither was killed before its first
+checkpoint (or is still running in another shell): the driver leaves it alone and reports an error
+for that run, since the scripts never overwrite a folder; move or delete it to train that run
+again. A run that fails is reported and the others still run; the exit code
 is non-zero if any run failed or was refused. Commands are shown with `python` for the interpreter
 that runs this driver.
 """
@@ -55,9 +56,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "ippo": ("ippo", []),
 }
 # Flags the driver sets itself, so --extra may not.
-OWN_FLAGS = {"env-id", "num-seeds", "total-timesteps", "num-evals", "preset", "ctce", "out-dir", "run-name", "eval-from"}
+OWN_FLAGS = {"env-id", "num-seeds", "total-timesteps", "num-evals", "preset", "ctce", "out-dir", "run-name", "eval-from",
+             "resume"}
 # Settings that do not change what a run computes: not compared when a finished run is reused.
-NOT_COMPARED = {"out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from"}
+NOT_COMPARED = runs.OUTPUT_FLAGS
 
 
 @dataclasses.dataclass
@@ -70,6 +72,7 @@ class Run:
     preset_values: dict = dataclasses.field(default_factory=dict)  # what --preset paper changes
     no_preset: str = ""  # why there is no preset (the script's words)
     finished: bool = False  # a finished run of the same settings is already there: skip
+    resuming: bool = False  # a killed run of the same settings with its state: --resume it
     error: str | None = None  # refused before starting (bad flags, a killed run's folder, ...)
 
 
@@ -133,9 +136,18 @@ def plan_run(env_id: str, method: str, opts: argparse.Namespace) -> Run:
                          f"choose another --out-dir to train this one")
         else:
             run.finished = True
+    elif (folder / "state.msgpack").is_file():  # a killed run: go on from its last checkpoint
+        differ = settings_differ(args, folder / "config.json")
+        if differ:
+            run.error = (f"{folder} holds a killed run with other settings ({', '.join(differ)}); "
+                         f"choose another --out-dir to train this one")
+        else:
+            run.command = ["python", os.path.relpath(ROOT / f"{script}.py"), "--resume", str(folder)]
+            run.resuming = True
     elif folder.exists():
-        run.error = (f"{folder} exists without absolute_metric.json: a killed run (or one still running). "
-                     f"Move or delete it to train this run again; plot.py ignores unfinished runs")
+        run.error = (f"{folder} exists without absolute_metric.json or a saved state: a run killed before its first "
+                     f"checkpoint (or one still running). Move or delete it to train this run again; plot.py ignores "
+                     f"unfinished runs")
     return run
 
 
@@ -163,10 +175,10 @@ def parse_options(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     opts = parse_options(argv)
-    runs = [plan_run(env_id, method, opts) for env_id in opts.env_ids for method in opts.methods]
+    planned = [plan_run(env_id, method, opts) for env_id in opts.env_ids for method in opts.methods]
     failed = []
-    for i, run in enumerate(runs, 1):
-        head = f"[{i}/{len(runs)}] {run.name}:"
+    for i, run in enumerate(planned, 1):
+        head = f"[{i}/{len(planned)}] {run.name}:"
         if run.error:
             print(f"{head} ERROR: {run.error}", flush=True)
             failed.append(run)
@@ -174,7 +186,9 @@ def main(argv=None) -> int:
         if run.finished:
             print(f"{head} finished already (absolute_metric.json present): skipped", flush=True)
             continue
-        if run.preset:
+        if run.resuming:
+            print(f"{head} killed before the end: resuming it from its last checkpoint", flush=True)
+        elif run.preset:
             print(f"{head} --preset paper: {fmt_values(run.preset_values)}", flush=True)
         else:
             print(f"{head} {run.no_preset}: the script's defaults", flush=True)
@@ -187,7 +201,7 @@ def main(argv=None) -> int:
             print(f"{head} FAILED with exit code {returncode}", flush=True)
             failed.append(run)
     if failed:
-        print(f"{len(failed)} of {len(runs)} runs failed or were refused: {', '.join(r.name for r in failed)}",
+        print(f"{len(failed)} of {len(planned)} runs failed or were refused: {', '.join(r.name for r in failed)}",
               flush=True)
         return 1
     return 0

@@ -130,12 +130,19 @@ def test_driver_commands_preset_names_and_existing_runs(tmp_path, capsys):
     finished = mappo.parse_args(flags + ["--preset", "paper"])  # what the driver's command would train
     write_run(tmp_path / f"coordsum-3x10__mappo__{tag}", mappo, finished, np.ones(3))
     (tmp_path / f"rware-tiny-4ag__magpo_mat__{tag}").mkdir()  # killed before its first checkpoint
+    killed = tmp_path / f"rware-tiny-4ag__magpo__{tag}"  # killed after a checkpoint: its state is there
+    killed.mkdir()
+    killed_args = magpo_sable.parse_args(["--env-id", "rware-tiny-4ag", *flags[2:], "--preset", "paper"])
+    write_config(killed, magpo_sable, killed_args, envs.make("rware-tiny-4ag"))
+    (killed / "state.msgpack").write_bytes(b"")
 
-    assert dry_run(tmp_path, list(SCRIPTS)) == 1  # the killed run is refused
+    assert dry_run(tmp_path, list(SCRIPTS)) == 1  # the run killed before its first checkpoint is refused
     log = capsys.readouterr().out
     commands = {m[0]: m[1] for m in re.findall(r"\] (\S+): (python .*)", log)}
     assert set(commands) == {f"{t}__{m}__{tag}" for t in ["coordsum-3x10", "rware-tiny-4ag"] for m in SCRIPTS} - \
         {f"coordsum-3x10__mappo__{tag}", f"rware-tiny-4ag__magpo_mat__{tag}"}
+    assert commands.pop(killed.name) == f"python magpo_sable.py --resume {killed}"
+    assert f"{killed.name}: killed before the end: resuming it from its last checkpoint" in log
     for name, command in commands.items():
         env_id, method, _ = name.split("__")
         assert command.startswith(f"python {SCRIPTS[method]} --env-id {env_id} ")
@@ -146,7 +153,8 @@ def test_driver_commands_preset_names_and_existing_runs(tmp_path, capsys):
         assert ("--preset paper" in command) == (env_id == "coordsum-3x10" or method in ("magpo", "ctds"))
     assert f"coordsum-3x10__mappo__{tag}: finished already" in log
     assert "the paper lists no mappo configuration for rware-tiny-4ag" in log
-    assert re.search(rf"rware-tiny-4ag__magpo_mat__{tag}: ERROR: .* exists without absolute_metric.json", log)
+    assert re.search(rf"rware-tiny-4ag__magpo_mat__{tag}: ERROR: .* exists without absolute_metric.json or a saved state",
+                     log)
 
     # the same folder name with other settings is not reused
     assert dry_run(tmp_path, ["mappo"], extra="--num-envs 16 --rollout-length 64 --recurrent-chunk-size 64 --lr 1e-3") == 1

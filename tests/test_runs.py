@@ -1,13 +1,16 @@
 """runs.py: the run plumbing is one text, used by all five scripts (none keeps its own copy)."""
 
+import dataclasses
 import inspect
 import json
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -242,7 +245,84 @@ def test_ctrl_c_stops_the_run_at_a_checkpoint_with_its_results_on_disk(tmp_path)
     lines = [l for l in err.splitlines() if l.strip() and "Submoduled" not in l and "Importing" not in l]
     assert lines[0].startswith("Ctrl-C: stopping after the checkpoint in progress")
     assert lines[-1].startswith("interrupted: stopped by Ctrl-C after checkpoint ") and len(lines) == 2, lines
+    assert lines[-1].endswith(f"resume with: python mappo.py --resume {tmp_path / 'r'}")
     written = int(lines[-1].split("after checkpoint ")[1].split()[0])
     rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert 2 <= written < 64 and len(rows) == 2 * written  # every checkpoint it reached, both seeds
     assert not (tmp_path / "r" / "absolute_metric.json").exists() and time.time() - t0 < 60
+
+
+RESUME_FLAGS = ["--env-id", "coordsum-3x10", "--num-seeds", "2", "--num-envs", "4", "--rollout-length", "16",
+                "--total-timesteps", "512", "--num-evals", "4", "--num-eval-episodes", "4", "--save-model"]
+
+
+def _mappo(*flags, env=None):
+    script = Path(__file__).resolve().parents[1] / "mappo.py"
+    return subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=600,
+                          env={**cli_env(), **(env or {})})
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_runs_results(tmp_path):
+    """SIGKILL right after a run's second checkpoint (RUNS_KILL_AFTER_CHECKPOINT, the test's hook in
+    Reporter.write_state), then --resume: one compilation, and every file the run leaves is byte for
+    byte the uninterrupted run's. The killed run's metrics.jsonl also gets the rows a kill between the
+    files and the state leaves (a whole row of the next checkpoint, one cut short): resuming drops them."""
+    full = _mappo(*RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name", "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _mappo(*RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name", "killed",
+                    env={"RUNS_KILL_AFTER_CHECKPOINT": "2"})
+    run = tmp_path / "killed"
+    assert killed.returncode == -signal.SIGKILL and (run / "state.msgpack").is_file()
+    assert not (run / "absolute_metric.json").exists()
+    rows = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(r)["checkpoint"] for r in rows] == [0, 0, 1, 1]
+    ahead = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines(keepends=True)[4]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(ahead + ahead[:40])
+    resumed = _mappo("--resume", str(run), "--save-model")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("compiled in") == 1 and "resuming after checkpoint 2" in resumed.stdout
+    assert [l[:9] for l in resumed.stdout.splitlines() if l.startswith("[")] == ["[   3/4] ", "[   4/4] "]
+    names = ["metrics.jsonl", "marl_eval.json", "absolute_metric.json", "config.json", "models/seed_0_best.msgpack",
+             "models/seed_0_final.msgpack", "models/seed_1_best.msgpack", "models/seed_1_final.msgpack"]
+    for name in names:
+        theirs, ours = (tmp_path / "full" / name).read_bytes(), (run / name).read_bytes()
+        if name == "config.json":  # the same flags but for the run's name
+            theirs, ours = (json.loads(x)["args"] for x in (theirs, ours))
+            theirs["run_name"] = ours["run_name"]
+        assert theirs == ours, name
+    assert not (run / "state.msgpack").exists() and not (tmp_path / "full" / "state.msgpack").exists()
+    again = _mappo("--resume", str(run))
+    assert again.returncode == 2 and again.stderr.strip().endswith("the run is finished (it has its absolute_metric.json)")
+
+
+def test_resume_keeps_the_runs_flags_and_refuses_what_would_change_it(tmp_path):
+    """--resume takes the run's own flags from its config.json; output flags may be given, a flag that
+    changes the run and differs is refused naming it, and so are a folder of another script, one with
+    no state or a cut state, and --out-dir beside --resume: one line (runs.ArgError) each."""
+    run = tmp_path / "r"
+    run.mkdir()
+    started = mappo.parse_args(RESUME_FLAGS + ["--lr", "0.001"])
+    (run / "config.json").write_text(json.dumps({"algo": "mappo", "args": dataclasses.asdict(started)}))
+    (run / "metrics.jsonl").write_text("")
+    args = mappo.parse_args(["--resume", str(run), "--track", "--lr", "0.001"])
+    assert args.track and args.lr == 0.001 and args.num_seeds == 2 and args.resume == str(run)
+    assert (args.out_dir, args.run_name) == (str(tmp_path), "r")
+    with pytest.raises(runs.ArgError, match=r"--lr 0.1 \(the run's: 0.001\), --num-envs 8 \(the run's: 4\); a resumed"):
+        mappo.parse_args(["--resume", str(run), "--lr", "0.1", "--num-envs", "8"])
+    with pytest.raises(runs.ArgError, match=r"trained by mappo.py, not ippo.py"):
+        ippo.parse_args(["--resume", str(run)])
+    with pytest.raises(runs.ArgError, match=r"in its own folder: drop --out-dir"):
+        mappo.parse_args(["--resume", str(run), "--out-dir", "x"])
+    with pytest.raises(runs.ArgError, match=r"not a run folder"):
+        mappo.parse_args(["--resume", str(tmp_path / "nothing")])
+    env = envs.make(args.env_id)
+    with pytest.raises(runs.ArgError, match=r"no state.msgpack"):
+        runs.Reporter(args, env, run, system="mappo")
+    (run / "state.msgpack").write_bytes(b"\x83\xaacheckpoint")
+    with pytest.raises(runs.ArgError, match=r"state.msgpack: not a run state \(truncated"):
+        runs.Reporter(args, env, run, system="mappo")
+    other = types.SimpleNamespace(resumed_leaves=[np.zeros((2, 3), np.float32)], run_dir=run)
+    fresh = {"w": jnp.zeros((2, 4), np.float32)}
+    with pytest.raises(runs.ArgError, match=r"array 0 is float32\[2, 3\], the run's flags build float32\[2, 4\]"):
+        runs.restore_runner(other, fresh)
