@@ -705,20 +705,34 @@ def save_models(run_dir: Path, results) -> None:
             (models / f"seed_{s}_{name}.msgpack").write_bytes(flax.serialization.to_bytes(one))
 
 
-def load_params(path: Path, template):
+def load_params(path: Path, template, what: str = "this run's policy"):
     """A saved parameter tree (save_models' msgpack), checked leaf by leaf against `template` (the
-    network the run's flags build): a truncated file or one of other shapes is an ArgError, one line."""
+    network the run's flags build: names and shapes; flax's `from_bytes` checks the names only, so a
+    file of another task would load and fail later): a cut or foreign file, or one that does not fit,
+    is an ArgError, one line naming the file and `what` it should have been."""
     try:
-        params = flax.serialization.from_bytes(template, path.read_bytes())
-    except Exception as error:  # msgpack's and flax's errors for a cut or foreign file have no common base
-        raise ArgError(f"{path}: not a saved policy of this run (truncated or another format: "
-                       f"{type(error).__name__})") from None
-    saved, wanted = jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves_with_path(template)
-    for (name, leaf), (_, like) in zip(saved, wanted):
-        if np.shape(leaf) != np.shape(like):
-            raise ArgError(f"{path}: {jax.tree_util.keystr(name)} has shape {np.shape(leaf)}, the run's network "
-                           f"{np.shape(like)}")
-    return params
+        state = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # msgpack's errors for a cut or foreign file have no common base
+        raise ArgError(f"{path} is not a saved policy (truncated or another format: {type(error).__name__})") from None
+    saved = dict(_named_leaves(state)) if isinstance(state, dict) else {}
+    for name, leaf in _named_leaves(flax.serialization.to_state_dict(template)):
+        if name not in saved:
+            raise ArgError(f"{path} does not fit {what}: it has no {name}")
+        have, want = np.shape(saved.pop(name)), np.shape(leaf)
+        if have != want:
+            raise ArgError(f"{path} does not fit {what}: {name} has shape {have}, expected {want} "
+                           f"(another task or network size?)")
+    if saved:
+        raise ArgError(f"{path} does not fit {what}: unexpected {next(iter(saved))}")
+    return flax.serialization.from_state_dict(template, state)
+
+
+def _named_leaves(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        out += _named_leaves(value, name) if isinstance(value, dict) else [(name, value)]
+    return out
 
 
 def evaluate_saved(args, args_type: type, algo: str, load_policy: Callable) -> None:
@@ -741,7 +755,7 @@ def evaluate_saved(args, args_type: type, algo: str, load_policy: Callable) -> N
     env = envs.make(saved.env_id)
     evaluate, template = load_policy(saved, env)
     for path in sorted((run_dir / "models").glob("seed_*_best.msgpack")):
-        params = load_params(path, template)
+        params = load_params(path, template, f"{algo}'s policy for {saved.env_id}")
         returns, metrics = evaluate(params, jax.random.PRNGKey(args.seed), args.num_eval_episodes)
         line = f"{path.name}: {saved.env_id} return {float(returns.mean()):.3f} ± {float(returns.std()):.3f}"
         if not env.metric_is_return:

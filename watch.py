@@ -37,7 +37,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: before anything imports pyplot (jumanji and jaxmarl do)
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -46,6 +45,7 @@ import tyro
 from matplotlib import animation
 
 import envs
+import runs
 
 ROOT = Path(__file__).resolve().parent
 
@@ -234,42 +234,15 @@ def make_policy(run: Run, greedy: bool) -> Policy:
     return Policy(init, init_hidden, act)
 
 
-def load_params(run: Run, template: Any, path: Path) -> Any:
-    """The saved parameters, checked leaf by leaf against the template (the parameters' shapes):
-    flax's `from_bytes` checks the names only, so a file of another task would load and fail later."""
-    what = "guider" if run.joint else "actor"
-    try:
-        state = flax.serialization.msgpack_restore(path.read_bytes())
-    except Exception:
-        raise WatchError(f"{path} is not a saved policy (not a flax msgpack file)") from None
-    expected = flax.serialization.to_state_dict(template)
-    saved_leaves = dict(_leaves(state)) if isinstance(state, dict) else {}
-    for name, leaf in _leaves(expected):
-        if name not in saved_leaves:
-            raise WatchError(f"{path} does not fit {run.module.ALGO}'s {what} for {run.env.env_id}: it has no {name}")
-        have, want = np.shape(saved_leaves.pop(name)), np.shape(leaf)
-        if have != want:
-            raise WatchError(f"{path} does not fit {run.module.ALGO}'s {what} for {run.env.env_id}: "
-                             f"{name} has shape {have}, expected {want} (another task or network size?)")
-    if saved_leaves:
-        raise WatchError(f"{path} does not fit {run.module.ALGO}'s {what} for {run.env.env_id}: "
-                         f"unexpected {next(iter(saved_leaves))}")
-    return flax.serialization.from_state_dict(template, state)
-
-
-def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        out += _leaves(value, name) if isinstance(value, dict) else [(name, value)]
-    return out
-
-
 def load_policy(run: Run, seed_index: int = 0, which: str = "best", greedy: bool = False) -> tuple[Policy, Any]:
     """-> (the policy, its saved parameters) of one seed of a run."""
     policy = make_policy(run, greedy)
     template = jax.eval_shape(policy.init, jax.random.PRNGKey(0))  # shapes only, nothing computed
-    return policy, load_params(run, template, model_path(run, seed_index, which))
+    what = f"{run.module.ALGO}'s {'guider' if run.joint else 'actor'} for {run.env.env_id}"
+    try:
+        return policy, runs.load_params(model_path(run, seed_index, which), template, what)
+    except runs.ArgError as error:
+        raise WatchError(str(error)) from None
 
 
 # ==================================================================================================
