@@ -355,6 +355,7 @@ class Reporter:
         self.pending_state.setdefault(checkpoint, {})[seed_index] = runner
         if len(self.pending[checkpoint]) == self.args.num_seeds:
             self.flush(checkpoint, self.pending.pop(checkpoint))
+            kill_point(checkpoint, "files")
             runners = self.pending_state.pop(checkpoint)
             if self.args.save_state and all(r is not None for r in runners.values()):
                 self.write_state(checkpoint, [runners[s] for s in range(self.args.num_seeds)])
@@ -371,9 +372,9 @@ class Reporter:
                  "leaves": {str(i): leaf for i, leaf in enumerate(leaves)}}
         tmp = self.run_dir / "state.msgpack.tmp"
         tmp.write_bytes(flax.serialization.msgpack_serialize(state))
+        kill_point(checkpoint, "state_tmp")
         os.replace(tmp, self.run_dir / "state.msgpack")
-        if os.environ.get("RUNS_KILL_AFTER_CHECKPOINT") == str(checkpoint + 1):  # the resume test's SIGKILL
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_point(checkpoint, "state")
 
     def restore(self):
         """--resume: the Reporter as it was after the run's last saved checkpoint; metrics.jsonl cut
@@ -520,6 +521,14 @@ class Reporter:
         tmp = self.run_dir / "marl_eval.json.tmp"
         tmp.write_text(json.dumps(self.marl_eval))
         os.replace(tmp, self.run_dir / "marl_eval.json")  # atomic: a killed run leaves a valid file
+
+
+def kill_point(checkpoint: int, point: str) -> None:
+    """The fault tests' SIGKILL at a named point of a checkpoint's writing: RUNS_KILL_AT=<checkpoint,
+    from 1>:<point>, the point one of `files` (its metrics.jsonl rows and marl_eval.json written, its
+    state not), `state_tmp` (state.msgpack.tmp written, not yet renamed), `state` (all written)."""
+    if os.environ.get("RUNS_KILL_AT") == f"{checkpoint + 1}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_of(row: str) -> int | None:

@@ -262,27 +262,63 @@ def _mappo(*flags, env=None):
                           env={**cli_env(), **(env or {})})
 
 
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_runs_results(tmp_path):
-    """SIGKILL right after a run's second checkpoint (RUNS_KILL_AFTER_CHECKPOINT, the test's hook in
-    Reporter.write_state), then --resume: one compilation, and every file the run leaves is byte for
-    byte the uninterrupted run's. The killed run's metrics.jsonl also gets the rows a kill between the
-    files and the state leaves (a whole row of the next checkpoint, one cut short): resuming drops them."""
+def _every_file_parses(folder: Path) -> None:
+    import flax.serialization
+
+    for path in folder.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            [json.loads(line) for line in path.read_text().splitlines()]
+        elif path.name.startswith("state.msgpack"):
+            assert int(flax.serialization.msgpack_restore(path.read_bytes())["checkpoint"]) >= 0
+
+
+def _saved_checkpoint(run: Path) -> int:
+    import flax.serialization
+
+    return int(flax.serialization.msgpack_restore((run / "state.msgpack").read_bytes())["checkpoint"])
+
+
+def test_a_run_killed_anywhere_resumes_to_exactly_the_uninterrupted_runs_results(tmp_path):
+    """SIGKILL at every point of a run (RUNS_KILL_AT: the fault tests' hook in runs.py): during the
+    compilation, after a checkpoint's rows but before its state, after writing the state but before
+    renaming it, and after the whole checkpoint; and a row cut short, as a kill inside its write leaves
+    it. After each kill every file parses; each --resume compiles once and goes on after the saved
+    checkpoint; the run ends with every file byte for byte the uninterrupted run's."""
     full = _mappo(*RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name", "full")
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = _mappo(*RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name", "killed",
-                    env={"RUNS_KILL_AFTER_CHECKPOINT": "2"})
+
+    script = Path(__file__).resolve().parents[1] / "mappo.py"  # killed while it compiles: nothing to resume
+    early = subprocess.Popen([sys.executable, str(script), *RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name",
+                              "early"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    while not (tmp_path / "early" / "config.json").is_file() and early.poll() is None:
+        time.sleep(0.05)
+    early.kill()
+    early.wait()
+    _every_file_parses(tmp_path / "early")
+    refused = _mappo("--resume", str(tmp_path / "early"))
+    assert refused.returncode == 2 and "no state.msgpack" in refused.stderr.strip().splitlines()[-1]
+
     run = tmp_path / "killed"
-    assert killed.returncode == -signal.SIGKILL and (run / "state.msgpack").is_file()
-    assert not (run / "absolute_metric.json").exists()
+    killed = _mappo(*RESUME_FLAGS, "--out-dir", str(tmp_path), "--run-name", "killed", env={"RUNS_KILL_AT": "2:files"})
+    assert killed.returncode == -signal.SIGKILL and not (run / "absolute_metric.json").exists()
+    _every_file_parses(run)
     rows = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
-    assert [json.loads(r)["checkpoint"] for r in rows] == [0, 0, 1, 1]
-    ahead = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines(keepends=True)[4]
+    assert [json.loads(r)["checkpoint"] for r in rows] == [0, 0, 1, 1] and _saved_checkpoint(run) == 0
     with open(run / "metrics.jsonl", "a") as f:
-        f.write(ahead + ahead[:40])
-    resumed = _mappo("--resume", str(run), "--save-model")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.count("compiled in") == 1 and "resuming after checkpoint 2" in resumed.stdout
-    assert [l[:9] for l in resumed.stdout.splitlines() if l.startswith("[")] == ["[   3/4] ", "[   4/4] "]
+        f.write(rows[-1][:40])
+    for kill, resumed_after, saved in [("3:state_tmp", 1, 1), ("3:state", 2, 2), (None, 3, None)]:
+        resumed = _mappo("--resume", str(run), *(["--save-model"] if kill is None else []),
+                         env={"RUNS_KILL_AT": kill} if kill else None)
+        assert resumed.stdout.count("compiled in") == 1, resumed.stdout
+        assert f"resuming after checkpoint {resumed_after}" in resumed.stdout
+        if kill is None:
+            assert resumed.returncode == 0, resumed.stderr[-2000:]
+            break
+        assert resumed.returncode == -signal.SIGKILL and _saved_checkpoint(run) == saved
+        assert (run / "state.msgpack.tmp").is_file() == (kill == "3:state_tmp")
+        _every_file_parses(run)
     names = ["metrics.jsonl", "marl_eval.json", "absolute_metric.json", "config.json", "models/seed_0_best.msgpack",
              "models/seed_0_final.msgpack", "models/seed_1_best.msgpack", "models/seed_1_final.msgpack"]
     for name in names:
@@ -291,7 +327,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_runs_results(tmp_path
             theirs, ours = (json.loads(x)["args"] for x in (theirs, ours))
             theirs["run_name"] = ours["run_name"]
         assert theirs == ours, name
-    assert not (run / "state.msgpack").exists() and not (tmp_path / "full" / "state.msgpack").exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())  # no state left
     again = _mappo("--resume", str(run))
     assert again.returncode == 2 and again.stderr.strip().endswith("the run is finished (it has its absolute_metric.json)")
 
