@@ -291,32 +291,6 @@ def run_train(num_seeds, seed=0, **overrides):
     return jax.device_get(compiled_train(num_seeds, **overrides)(keys, jnp.arange(num_seeds)))
 
 
-def test_a_run_resumed_from_its_saved_state_is_the_uninterrupted_run():
-    """--resume's core: the runner state the checkpoint callback hands out after checkpoint 1 (through
-    the host, as state.msgpack stores it), run again from checkpoint 2 by the same compiled program,
-    gives the uninterrupted run's later checkpoints, absolute metric and policies exactly. With the
-    released code's update epochs (the defaults), whose agent orders and stale memory live in the state."""
-    args = ms.Args(**{**TINY, "num_evals": 3, "total_timesteps": 3 * 2 * 8 * 32, "shuffle_agents": True,
-                      "stale_epoch_memory": True}, num_seeds=2)
-    saved = {}
-
-    def report(seed_index, checkpoint, metrics, runner):
-        if int(checkpoint) == 1:
-            saved[int(seed_index)] = jax.tree_util.tree_map(np.asarray, runner)
-
-    train = ms.make_train(args, envs.make(args.env_id), report)
-    run = fast_jit(jax.vmap(train.run, in_axes=(0, 0, None)))
-    keys, seeds = jax.random.split(jax.random.PRNGKey(3)), jnp.arange(2)
-    full = jax.device_get(run(jax.vmap(train.init)(keys), seeds, jnp.int32(0)))
-    state = jax.tree_util.tree_map(lambda *x: np.stack(x), saved[0], saved[1])
-    resumed = jax.device_get(run(state, seeds, jnp.int32(2)))
-    for name, value in resumed["history"].items():
-        np.testing.assert_array_equal(value[:, 2], full["history"][name][:, 2], err_msg=name)
-        assert not value[:, :2].any(), name  # the skipped checkpoints
-    for name in ("absolute/episode_return", "actor", "best_actor"):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, resumed[name], full[name])
-
-
 def test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic():
     out = run_train(1, ctce=True)
     h = out["history"]
