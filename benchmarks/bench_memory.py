@@ -29,6 +29,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -78,12 +79,14 @@ def measure(name: str, env_id: str, num_seeds: int, run: bool):
     return preset, m, total, peak, compile_s
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options(doc: str, ids: list[str], seeds: int, more: Callable = lambda parser: None) -> argparse.Namespace:
+    """The command line of this benchmark and bench_state.py (--scripts, --ids, --seeds, and what `more`
+    adds), the task ids checked; prints the machine line the tables start with."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo", "magpo_sable", "magpo_mat", "ctds"])
-    parser.add_argument("--ids", nargs="+", default=DEFAULT_IDS)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--run", action="store_true", help="also train one update and read the allocator's peak")
+    parser.add_argument("--ids", nargs="+", default=ids)
+    parser.add_argument("--seeds", type=int, default=seeds)
+    more(parser)
     opts = parser.parse_args()
     unknown = [i for i in opts.ids if i not in envs.ENV_IDS]
     if unknown:
@@ -91,6 +94,12 @@ def main():
     device = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
           f"device {device.platform}:{device.device_kind}; {opts.seeds} seeds, 128 envs x 128 steps each")
+    return opts
+
+
+def main():
+    opts = options(__doc__, DEFAULT_IDS, 10, lambda parser: parser.add_argument(
+        "--run", action="store_true", help="also train one update and read the allocator's peak"))
     print(f"{'script':<12} {'env':<24} {'config':<8} {'args GB':>8} {'out GB':>7} {'temp GB':>8} {'total GB':>9} "
           f"{'peak GB':>8} {'compile s':>9}")
     for name in opts.scripts:

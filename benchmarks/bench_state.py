@@ -23,10 +23,7 @@ memory; on a GPU it is a transfer of `state MB/seed` per seed at every checkpoin
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import envs  # noqa: E402
 import runs  # noqa: E402
-from bench_memory import configure  # noqa: E402  (this folder is on the path)
+from bench_memory import configure, options  # noqa: E402  (this folder is on the path)
 
 PAPER_STEPS, PAPER_EVALS = 20_000_000, 122
 MB = 1024**2
@@ -76,17 +73,7 @@ def measure(name: str, env_id: str, num_seeds: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo", "magpo_sable", "magpo_mat", "ctds"])
-    parser.add_argument("--ids", nargs="+", default=["rware-tiny-4ag"])
-    parser.add_argument("--seeds", type=int, default=2)
-    opts = parser.parse_args()
-    unknown = [i for i in opts.ids if i not in envs.ENV_IDS]
-    if unknown:
-        parser.error(f"unknown env ids: {', '.join(unknown)}")
-    device = jax.devices()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
-          f"device {device.platform}:{device.device_kind}; {opts.seeds} seeds, 128 envs x 128 steps each")
+    opts = options(__doc__, ["rware-tiny-4ag"], 2)
     print(f"{'script':<12} {'env':<24} {'config':<8} {'state MB/seed':>13} {'write s':>8} {'update s':>9} {'share':>7}")
     for name in opts.scripts:
         for env_id in opts.ids:
