@@ -45,6 +45,7 @@ from flax.linen.initializers import constant, orthogonal
 import envs
 import runs
 from runs import ArgError  # check_args' errors: one line on stderr, exit code 2
+from runs import TanhNormal  # Mava's continuous policy: a distribution, as distrax.Categorical is
 
 ALGO = "ctds"
 
@@ -226,68 +227,6 @@ class ScannedGRU(nn.Module):
 
         scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
         return scan(nn.GRUCell(self.hidden_dim), hidden, inputs)
-
-
-LOG_PROB_CLIP = 0.999  # Mava's threshold: log_prob clips actions to [-0.999, 0.999]
-
-
-class TanhNormal(NamedTuple):
-    """The continuous policy as Mava builds it (mava/networks/distributions.py's
-    TanhTransformedDistribution of a Normal, in a tfd.Independent over the action dimensions): a
-    diagonal Normal(loc, scale) squashed by tanh. Its actions are the squashed samples, in [-1, 1]:
-    what the rollout stores, the guiders' decoders read and the env gets. Batch shape loc.shape[:-1].
-
-    - log_prob clips the action to ±0.999 first; at or beyond the clip it is the log of the Normal's
-      mass beyond ±atanh(0.999), spread over the width 1e-3 (finite and differentiable at ±1);
-      inside, the Normal's log-density at atanh(a) minus log|d tanh/dx| there.
-    - entropy(seed) is Mava's one-sample estimate: the Normal's entropy plus log|d tanh/dx| at one
-      reparameterised draw x ~ Normal, so the bonus also pushes the draws away from saturation.
-    - mode is tanh(loc); the KL is the two Normals', in closed form (what tfd.kl_divergence gives
-      for two such distributions: a KL does not change under the bijection tanh)."""
-
-    loc: jax.Array  # (..., K) the Normal's mean
-    scale: jax.Array  # (..., K) its std
-
-    @staticmethod
-    def tanh_log_det(x):
-        """log|d tanh(x)/dx| = log(1 - tanh(x)^2), in tfb.Tanh's stable form."""
-        return 2.0 * (math.log(2.0) - x - jax.nn.softplus(-2.0 * x))
-
-    def draw(self, seed, sample_shape=()):
-        """A reparameterised draw of the Normal, before tanh (tfd.Normal's, key for key)."""
-        return self.loc + self.scale * jax.random.normal(seed, tuple(sample_shape) + self.loc.shape)
-
-    def sample(self, seed, sample_shape=()):
-        return jnp.tanh(self.draw(seed, sample_shape))
-
-    def log_prob(self, action):
-        a = jnp.clip(action, -LOG_PROB_CLIP, LOG_PROB_CLIP)
-        x = jnp.arctanh(a)
-        normal = -0.5 * jnp.square((x - self.loc) / self.scale) - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi)
-        edge, log_width = jnp.arctanh(jnp.float32(LOG_PROB_CLIP)), math.log(1.0 - LOG_PROB_CLIP)
-        left = jax.scipy.special.log_ndtr((-edge - self.loc) / self.scale) - log_width  # log P(x <= -edge) / 1e-3
-        right = jax.scipy.special.log_ndtr((self.loc - edge) / self.scale) - log_width  # log P(x >= edge) / 1e-3
-        inside = normal - self.tanh_log_det(x)
-        return jnp.where(a <= -LOG_PROB_CLIP, left, jnp.where(a >= LOG_PROB_CLIP, right, inside)).sum(-1)
-
-    def sample_and_log_prob(self, seed):
-        action = self.sample(seed)
-        return action, self.log_prob(action)
-
-    def entropy(self, seed):
-        # NOTE(paper vs official code): the paper's bonus is the policy's entropy; the released code's
-        # is this one-sample estimate of the squashed policy's (noisier, and it penalises saturation)
-        normal = 0.5 * math.log(2 * math.pi * math.e) + jnp.log(self.scale)
-        return (normal + self.tanh_log_det(self.draw(seed))).sum(-1)
-
-    def mode(self):
-        return jnp.tanh(self.loc)
-
-    def kl_divergence(self, other: TanhNormal):
-        """KL(self || other) of the two Normals (tfd's formula), summed over the action dimensions."""
-        diff_log_scale = jnp.log(self.scale) - jnp.log(other.scale)
-        return (0.5 * jnp.square(self.loc / other.scale - other.loc / other.scale)
-                + 0.5 * jnp.expm1(2.0 * diff_log_scale) - diff_log_scale).sum(-1)
 
 
 def policy_entropy(pi, key):
