@@ -380,7 +380,8 @@ class Reporter:
     `system` names the method in marl_eval.json (marl-eval's nesting: family / task / system /
     seed_<i>). `columns` maps a metric the training reports to a label: where that metric is present
     the progress line gets a column `| label <seed mean>` after the evaluation (the guided scripts
-    show their guider's own return that way).
+    show their guider's own return that way). `tags` maps a seed index to what its metrics.jsonl rows
+    carry besides (benchmarks/tune.py: the trial and its settings of each lane).
 
     A seed whose metrics stop being finite (a loss, or `params/max_abs`: a parameter) has diverged: it
     is reported at that checkpoint (stderr: which seed, which metrics), from then on its rows in every
@@ -388,9 +389,9 @@ class Reporter:
     other seeds, and finish_run ends the run with exit code 1."""
 
     def __init__(self, args, env: envs.MultiAgentEnv, run_dir: Path, wandb_runs=None, *, system: str,
-                 columns: dict[str, str] | None = None):
+                 columns: dict[str, str] | None = None, tags: dict[int, dict] | None = None):
         self.args, self.env, self.run_dir, self.wandb = args, env, run_dir, wandb_runs  # one wandb run per seed
-        self.columns = columns or {}
+        self.columns, self.tags = columns or {}, tags or {}
         self.pending: dict[int, dict[int, dict]] = {}
         self.start = time.time()
         self.system = system
@@ -491,7 +492,7 @@ class Reporter:
         if not seeds:  # every seed diverged: nothing but the marks
             print(f"[{checkpoint + 1:>4}/{args.num_evals}] steps {steps:>11,} | every seed diverged", flush=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.writelines(json.dumps({**marked, "seed_index": s}) + "\n" for s in diverged)
+                f.writelines(json.dumps({**marked, "seed_index": s, **self.tags.get(s, {})}) + "\n" for s in diverged)
             self.mark_marl_eval(checkpoint, steps, diverged)
             return
         returns = np.array([by_seed[s]["eval/episode_return"].mean() for s in seeds])
@@ -510,10 +511,10 @@ class Reporter:
         line += f" | elapsed {fmt_time(elapsed)} | eta {fmt_time(eta)}"
         print(line, flush=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.writelines(json.dumps({**marked, "seed_index": s}) + "\n" for s in diverged)
+            f.writelines(json.dumps({**marked, "seed_index": s, **self.tags.get(s, {})}) + "\n" for s in diverged)
             for s in seeds:
                 m = by_seed[s]
-                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed,
+                row = {"checkpoint": checkpoint, "step": steps, "seed_index": s, "seed": args.seed, **self.tags.get(s, {}),
                        "eval/episode_return": float(m["eval/episode_return"].mean()),
                        "eval/episode_metric": float(m["eval/episode_metric"].mean()),
                        "eval/episode_returns": m["eval/episode_return"].tolist(),
@@ -765,6 +766,35 @@ def finish_run(args, run_dir: Path, results, reporter: Reporter, wandb_runs, alg
     summary = reporter.divergence_summary()
     if summary:
         raise Diverged(summary)
+
+
+# ==================================================================================================
+# Candidates: settings of the shape-free flags trained side by side in one compiled call (benchmarks/tune.py)
+# ==================================================================================================
+PER_CANDIDATE = ("lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "delta", "lam",
+                 "decay_scaling_factor")  # the flags that change no array shape, where a script has them
+
+
+def per_candidate_flags(args) -> tuple[str, ...]:
+    """The flags of this script's `args` that a candidate may set in a compiled call (PER_CANDIDATE)."""
+    return tuple(name for name in PER_CANDIDATE if hasattr(args, name))
+
+
+def candidates_train(make_train: Callable, args, env: envs.MultiAgentEnv, report, names: tuple[str, ...]) -> Train:
+    """A script's Train with the flags `names` as inputs of the compiled run instead of constants:
+    init(key, values) and run(runner, seed_index, first_checkpoint, values), `values` a (len(names),)
+    float32 array, so that vmapping over (key, values) trains candidates x seeds in one compiled call
+    and one compiled program serves any values. The script is built inside the trace with those flags
+    replaced by traced scalars: every use of them is arithmetic (a learning rate, a clip, a coefficient,
+    Sable's decay), which takes a traced value as it takes a Python float. A run of one configuration
+    does not come through here: its flags stay constants, its program and numbers what they are."""
+
+    def build(values):
+        return make_train(dataclasses.replace(args, **{n: values[i] for i, n in enumerate(names)}), env, report)
+
+    return Train(lambda key, values: build(values).init(key),
+                 lambda runner, seed_index, first_checkpoint, values: build(values).run(runner, seed_index,
+                                                                                        first_checkpoint))
 
 
 # ==================================================================================================
