@@ -137,18 +137,18 @@ class Args:
     """sequences per gradient pass: each minibatch's gradient is the mean of passes over this many of its
     sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
     the minibatch's size is used, so that the passes are equal)"""
-    shuffle_agents: bool = True
-    """NOTE(paper vs official code): as the released code does, reorder the agents of the whole batch by one
-    random permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), so that the
-    guider's decoder is trained on agent orders other than the rollout's (its ratios start away from 1; the
-    paper does not say; docs/fidelity.md L7). --no-shuffle-agents: the rollout's order, whose replay makes
-    loss/first_ratio_dev exactly 0"""
-    stale_epoch_memory: bool = True
-    """NOTE(paper vs official code): as the released code does, from the 2nd PPO epoch on replay each sequence
-    from another sequence's stored guider memory (a bug there: rec_magpo.py:443-471 and rec_sable.py:267-298
-    store the shuffled memories back beside the unshuffled trajectories; `next_memory_index`), kept as the
-    default because the paper's numbers came from it (docs/fidelity.md L8). --no-stale-epoch-memory: each
-    sequence's own, the algorithm as the paper describes it"""
+    shuffle_agents: bool = False
+    """NOTE(paper vs official code): the released code reorders the agents of the whole batch by one random
+    permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), which trains the
+    guider's decoder on agent orders other than the rollout's (its ratios start away from 1; the paper does not
+    say); --shuffle-agents does that. The default keeps the rollout's order, as the paper's text reads, whose
+    replay makes loss/first_ratio_dev exactly 0: it scored higher at 1M steps (docs/fidelity.md L7)"""
+    stale_epoch_memory: bool = False
+    """NOTE(paper vs official code): the released code, from the 2nd PPO epoch on, replays each sequence from
+    another sequence's stored guider memory (a bug there: rec_magpo.py:443-471 and rec_sable.py:267-298 store
+    the shuffled memories back beside the unshuffled trajectories; `next_memory_index`); --stale-epoch-memory
+    does that. The default replays each sequence from its own, the algorithm as the paper describes it
+    (docs/fidelity.md L8)"""
     update_batch_size: int = 1
     """NOTE(paper vs official code): as the released code's `update_batch_size` (2 in every run: its 64 envs per
     batch are our 128), split the environments into this many equal groups that share every random key (the
@@ -980,11 +980,11 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             def epoch(carry, epoch_key):
                 # A new order of the sequences each epoch, cut into minibatches; each minibatch gathers its
                 # own (a shuffled copy of the rollout would be most of a run's memory on large views).
-                # NOTE(paper vs official code): as the released code, by default the agents are reordered by
-                # one permutation per epoch before the guider's teacher-forced pass, which changes what each
-                # decoder step is conditioned on (ratios != 1 from the start; --no-shuffle-agents keeps the
-                # rollout's order), and from the 2nd epoch on each trajectory is replayed from another one's
-                # guider memory, a bug there (--no-stale-epoch-memory: each sequence from its own).
+                # NOTE(paper vs official code): the released code reorders the agents by one permutation
+                # per epoch before the guider's teacher-forced pass, which changes what each decoder step is
+                # conditioned on (ratios != 1 from the start), and from the 2nd epoch on replays each
+                # trajectory from another one's guider memory, a bug there; --shuffle-agents and
+                # --stale-epoch-memory do the same. By default: the rollout's order, each sequence's own memory.
                 train_state, memory_index = carry  # memory_index[n]: the stored guider memory sequence n starts from
                 minibatches = group_minibatches(epoch_key, N, E, args.update_batch_size, args.num_minibatches)
                 # a key per minibatch for a continuous guider's entropy estimate (unused if discrete)

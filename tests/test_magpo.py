@@ -271,8 +271,8 @@ def test_guider_sees_all_agents_and_the_learner_only_its_own(algo):
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
-# The rollout's agent order and each sequence's own memory (not the released code's update epochs, the
-# defaults), so that every update's first minibatch replays the rollout exactly: the alignment checks.
+# The rollout's agent order and each sequence's own memory (the defaults, not the released code's update
+# epochs; spelled out), so that every update's first minibatch replays the rollout exactly: the alignment checks.
 TINY = dict(env_id="coordsum-3x10", num_envs=8, rollout_length=32, num_minibatches=2, ppo_epochs=2,
             num_evals=2, num_eval_episodes=4, total_timesteps=2 * 2 * 8 * 32, recurrent_chunk_size=8,
             embed_dim=16, hidden_dim=32, shuffle_agents=False, stale_epoch_memory=False)
@@ -421,7 +421,7 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
 
     def field(module, name):
         lines = inspect.getsource(module.Args).splitlines()
-        start = next(i for i, l in enumerate(lines) if l.startswith(f"    {name}: bool = True"))
+        start = next(i for i, l in enumerate(lines) if l.startswith(f"    {name}: bool = False"))
         end = next(i for i in range(start + 1, len(lines)) if lines[i].rstrip().endswith('"""'))
         return lines[start:end + 1]
 
@@ -432,11 +432,11 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
     for module in (ms, ctds):
         args = module.parse_args(["--shuffle-agents", "--stale-epoch-memory"])
         assert args.shuffle_agents and args.stale_epoch_memory
-        assert module.Args().shuffle_agents and module.Args().stale_epoch_memory  # the released code's epochs
+        assert not module.Args().shuffle_agents and not module.Args().stale_epoch_memory  # the paper text's epochs
         args = module.parse_args(["--no-shuffle-agents", "--no-stale-epoch-memory"])
         assert not args.shuffle_agents and not args.stale_epoch_memory
-    assert mm.Args().shuffle_agents and not mm.Args().stale_epoch_memory
-    assert not mm.parse_args(["--no-shuffle-agents"]).shuffle_agents
+    assert not mm.Args().shuffle_agents and not mm.Args().stale_epoch_memory
+    assert mm.parse_args(["--shuffle-agents"]).shuffle_agents
     with pytest.raises(runs.ArgError, match="Unrecognized"):
         mm.parse_args(["--stale-epoch-memory"])
 

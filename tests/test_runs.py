@@ -375,7 +375,8 @@ def test_every_script_resumes_from_its_saved_state_exactly(module):
     tiny = dict(env_id="coordsum-3x10", num_seeds=2, num_envs=4, rollout_length=16, num_minibatches=2, ppo_epochs=2,
                 num_evals=3, num_eval_episodes=4, total_timesteps=3 * 4 * 16, recurrent_chunk_size=8, hidden_dim=16)
     fields = {f.name for f in dataclasses.fields(module.Args)}
-    args = module.Args(**tiny, **({"embed_dim": 16} if "embed_dim" in fields else {}))
+    released_epochs = {k: True for k in ("shuffle_agents", "stale_epoch_memory") if k in fields}
+    args = module.Args(**tiny, **({"embed_dim": 16} if "embed_dim" in fields else {}), **released_epochs)
     saved = {}
 
     def report(seed_index, checkpoint, metrics, runner):
