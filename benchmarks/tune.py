@@ -154,6 +154,10 @@ def trial_args(module, base, params: dict):
     return args
 
 
+def settings_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
 def command_line(opts, params: dict) -> str:
     script = METHODS[opts.method][0]
     flags = [*METHODS[opts.method][1], *shlex.split(opts.extra)]
@@ -181,6 +185,14 @@ class Tuner:
         sampler = optuna.samplers.TPESampler(seed=opts.sampler_seed, constant_liar=True)
         self.study = optuna.create_study(study_name=opts.study_name, storage=opts.storage, direction="maximize",
                                          sampler=sampler, load_if_exists=True)
+        # The settings every trial shares: a study continues only with the same ones, since its values
+        # (and the repeats told from them) hold for those alone.
+        base = json.dumps({"method": opts.method, "env_id": opts.env_id, "extra": shlex.split(opts.extra),
+                           "num_seeds": opts.num_seeds, "seed": opts.seed, "objective": opts.objective})
+        if self.study.user_attrs.get("base", base) != base:
+            raise TuneError(f"study {opts.study_name} in {opts.storage} was run with other settings "
+                            f"({self.study.user_attrs['base']}): choose another --study-name or --storage")
+        self.study.set_user_attr("base", base)
         self.start = time.time()
 
     def requeue_killed(self) -> int:
@@ -277,6 +289,27 @@ class Tuner:
                                     "absolute_metric": best, "call": run_dir.name}) + "\n")
         return scores
 
+    def tell_repeats(self, repeats: list[tuple]) -> None:
+        """Each trial whose settings a finished trial has: that trial's value, `same_as` naming it (failed if
+        the first one failed: its seeds diverged)."""
+        finished = {}
+        for t in self.finished():  # the trial that trained each setting (the first with it)
+            finished.setdefault(settings_key(t.params), t)
+        for trial, params, _ in repeats:
+            source = finished.get(settings_key(params))
+            if source is None:
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                continue
+            for name in ("mean_return", "absolute_metric", "call"):
+                trial.set_user_attr(name, source.user_attrs[name])
+            trial.set_user_attr("same_as", source.number)
+            self.study.tell(trial, source.value)
+            with open(self.opts.out_dir / "trials.jsonl", "a") as f:
+                f.write(json.dumps({"trial": trial.number, "params": params, "value": source.value,
+                                    "mean_return": source.user_attrs["mean_return"],
+                                    "absolute_metric": source.user_attrs["absolute_metric"],
+                                    "call": source.user_attrs["call"], "same_as": source.number}) + "\n")
+
     def best_so_far(self) -> str:
         if not self.finished():
             return "no finished trial yet"
@@ -296,13 +329,24 @@ class Tuner:
             batch += 1
             asked = self.ask(min(opts.batch, opts.n_trials - done))
             kill_point("asked", batch)
-            groups: dict[tuple, list] = {}
+            # A setting trained before (TPE repeats the good ones) gives the same value again: the seeds'
+            # keys are the same in every trial, so it is told that value instead of being trained twice.
+            known = {settings_key(t.params) for t in self.finished()}
+            fresh, repeats = {}, []
             for item in asked:
+                key = settings_key(item[1])
+                if key in known or key in fresh:
+                    repeats.append(item)
+                else:
+                    fresh[key] = item
+            groups: dict[tuple, list] = {}
+            for item in fresh.values():
                 names = runs.per_candidate_flags(item[2])
                 groups.setdefault(tuple(v for k, v in item[1].items() if k not in names), []).append(item)
             for group in groups.values():
                 self.train_group(group, call_index)
                 call_index += 1
+            self.tell_repeats(repeats)
             done, elapsed = len(self.finished()), runs.fmt_time(time.time() - self.start)
             print(f"batch {batch}: {done}/{opts.n_trials} trials | {self.best_so_far()} | elapsed {elapsed}", flush=True)
         best = self.study.best_trial

@@ -83,7 +83,9 @@ def test_tuning_stores_its_study_and_resumes_after_a_kill_without_repeating_fini
     resumed = tune(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "2 of 4 trials finished, 2 killed ones asked again" in resumed.stdout
-    assert sum(l.startswith("call ") for l in resumed.stdout.splitlines()) == 1  # one call: the killed batch
+    # one call for the killed batch, unless its settings were all trained before (then told their values)
+    new_settings = [p for p in killed_params if p not in [params for params, _ in first.values()]]
+    assert sum(l.startswith("call ") for l in resumed.stdout.splitlines()) == (1 if new_settings else 0)
     study = optuna.load_study(study_name="coordsum-3x10__mappo", storage=storage)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4 and [t.state.name for t in study.trials[2:4]] == ["FAIL", "FAIL"]
@@ -96,11 +98,15 @@ def test_tuning_stores_its_study_and_resumes_after_a_kill_without_repeating_fini
     lines = [json.loads(l) for l in (tmp_path / "tune" / "trials.jsonl").read_text().splitlines()]
     assert sorted(r["trial"] for r in lines) == sorted(t.number for t in complete)
     for t in complete:
+        trained = t.user_attrs.get("same_as", t.number)  # a repeated setting is told the first one's value
+        assert trained == t.number or study.trials[trained].params == t.params
         call = tmp_path / "tune" / "calls" / t.user_attrs["call"]
         rows = [json.loads(l) for l in (call / "metrics.jsonl").read_text().splitlines()]
-        mine = [r for r in rows if r["trial"] == t.number]
+        mine = [r for r in rows if r["trial"] == trained]
         assert [r["checkpoint"] for r in mine] == [0, 1] and all(r["params"] == t.params for r in mine)
         assert t.value == pytest.approx(np.mean([r["eval/episode_return"] for r in mine]))
+    changed = tune(tmp_path, "--objective", "absolute")  # a study continues only with its own settings
+    assert changed.returncode == 2 and "was run with other settings" in changed.stderr.splitlines()[-1]
 
 
 def test_tune_refuses_bad_options_in_one_line(tmp_path):
