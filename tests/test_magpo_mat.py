@@ -58,7 +58,7 @@ def test_teacher_forced_log_probs_equal_the_autoregressive_sampling(continuous):
     greedy, _, _, _ = guider.apply(params, (), obs, no_reset[0], no_steps[0], mask, jax.random.PRNGKey(3), True,
                                    method=mm.Guider.act)
     _, pi = guider.apply(params, (), obs[None], greedy[None], no_reset, no_steps, mask[None])
-    np.testing.assert_allclose(pi.mode()[0], greedy, atol=1e-6)
+    np.testing.assert_allclose(pi.mode()[0], greedy, atol=1e-5)  # float rounding of the two passes, as above
 
 
 def test_decoder_reads_only_the_actions_before_each_agent():
