@@ -797,6 +797,13 @@ def candidates_train(make_train: Callable, args, env: envs.MultiAgentEnv, report
                                                                                         first_checkpoint))
 
 
+def train_candidates(train: Train, keys, values, seed_indices):
+    """A fresh run of every lane of a `candidates_train` (to be jitted): lane i trains from keys[i] with
+    the flag values values[i] and reports as seed seed_indices[i]. Returns the results, stacked over lanes."""
+    runner = jax.vmap(train.init)(keys, values)
+    return jax.vmap(train.run, in_axes=(0, 0, None, 0))(runner, seed_indices, 0, values)
+
+
 # ==================================================================================================
 # Saved models: writing and reloading
 # ==================================================================================================

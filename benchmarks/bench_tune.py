@@ -44,10 +44,7 @@ def one_call(module, args, env, candidates):
     values = jnp.asarray([[float(c.get(n, getattr(args, n))) for n in names] for c in candidates], jnp.float32)
     keys = jnp.tile(jax.random.fold_in(jax.random.PRNGKey(0), 0)[None], (len(candidates), 1))
 
-    def call(keys, values):
-        runner = jax.vmap(train.init)(keys, values)
-        return jax.vmap(train.run, in_axes=(0, 0, None, 0))(runner, jnp.arange(len(candidates)), 0, values)
-
+    call = lambda keys, values: runs.train_candidates(train, keys, values, jnp.arange(len(candidates)))
     t0 = time.time()
     compiled = jax.jit(call).lower(keys, values).compile()
     t1 = time.time()

@@ -234,11 +234,7 @@ class Tuner:
         if (shape, lanes) not in self.compiled:
             relay = Relay()
             train = runs.candidates_train(self.module.make_train, args, self.env, relay, names)
-
-            def call(keys, values, seed_indices):
-                runner = jax.vmap(train.init)(keys, values)
-                return jax.vmap(train.run, in_axes=(0, 0, None, 0))(runner, seed_indices, 0, values)
-
+            call = lambda keys, values, seed_indices: runs.train_candidates(train, keys, values, seed_indices)
             t0 = time.time()
             example = (jnp.zeros((lanes, 2), jnp.uint32), jnp.zeros((lanes, len(names)), jnp.float32),
                        jnp.arange(lanes))

@@ -41,11 +41,7 @@ def test_candidates_trained_together_equal_each_trained_alone(module, settings):
     key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
     keys = jnp.stack([key, key])
 
-    def lanes(keys, values):
-        runner = jax.vmap(train.init)(keys, values)
-        return jax.vmap(train.run, in_axes=(0, 0, None, 0))(runner, jnp.zeros(2, jnp.int32), 0, values)
-
-    together = fast_jit(lanes)(keys, values)["history"]
+    together = fast_jit(lambda k, v: runs.train_candidates(train, k, v, jnp.zeros(2, jnp.int32)))(keys, values)["history"]
     metrics = ("eval/episode_return", "loss/value", "loss/entropy", "loss/approx_kl")
     # (magpo_sable: the second candidate alone, each Sable compilation being the test's cost)
     for i, args in list(enumerate(candidates))[module is ms:]:
