@@ -96,10 +96,31 @@ SAME = ["TanhNormal", "policy_entropy", "ActionHead", "env_action",
         "Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
         "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
         "make_networks", "make_optimizer", "make_evaluate", "parse_args",
-        "reorder_agents", "next_memory_index"]
+        "reorder_agents", "next_memory_index", "group_minibatches", "normalize_groups", "mean_gradient"]
 
 
 def test_ctds_is_magpo_sable_with_other_losses():
     """The diff ladder: the networks, the rollout's containers, evaluation and plumbing are the same text."""
     for name in SAME:
         assert inspect.getsource(getattr(ctds, name)) == inspect.getsource(getattr(ms, name)), name
+
+
+def test_ctds_steps_its_minibatches_with_magpo_sables_code():
+    """The microbatched minibatch step (from `def gather_and_update` to the update it returns) is magpo_sable.py's
+    word for word, and the loss terms it sums are plain means over samples (two equal halves average to the
+    whole), so test_magpo.py's microbatch test, run on Sable and MAT, covers ctds.py too."""
+    def minibatch_step(module) -> list[str]:
+        lines = inspect.getsource(module.make_train).splitlines()
+        start = next(i for i, l in enumerate(lines) if "def gather_and_update(" in l)
+        end = next(i for i in range(start, len(lines)) if "return minibatch_update(" in lines[i])
+        return lines[start:end + 1]
+
+    assert minibatch_step(ctds) == minibatch_step(ms)
+    assert "microbatch_gradient" in "\n".join(minibatch_step(ms))
+    k = jax.random.split(jax.random.PRNGKey(0), 5)
+    lp, old, adv, kl, v = (jax.random.normal(k[i], (8, 6)) * 0.3 for i in range(5))
+    terms = [lambda a: ctds.student_objective(lp[a], old[a], adv[a], jnp.abs(kl[a]), 2.0, 0.2)[0],
+             lambda a: ctds.teacher_objective(lp[a], old[a], adv[a], 0.2)[0],
+             lambda a: ctds.clipped_value_loss(v[a], old[a], adv[a], 0.2)]
+    for term in terms:
+        np.testing.assert_allclose(term(slice(None)), (term(slice(0, 4)) + term(slice(4, 8))) / 2, rtol=1e-6)

@@ -441,39 +441,12 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
         mm.parse_args(["--stale-epoch-memory"])
 
 
-def microbatching_code(module) -> list[str]:
-    """A script's minibatch step: from `def gather_and_update` to the update it returns."""
-    import inspect
-
-    lines = inspect.getsource(module.make_train).splitlines()
-    start = next(i for i, l in enumerate(lines) if "def gather_and_update(" in l)
-    end = next(i for i in range(start, len(lines)) if "return minibatch_update(" in lines[i])
-    return lines[start:end + 1]
-
-
-def test_ctds_steps_its_minibatches_with_magpos_code():
-    """ctds.py's microbatched minibatch step is magpo_sable.py's, word for word (and its mean_gradient too),
-    so the microbatch test below, run on Sable and MAT, covers it."""
-    import inspect
-
-    assert microbatching_code(ctds) == microbatching_code(ms)
-    assert "microbatch_gradient" in "\n".join(microbatching_code(ms))
-    assert inspect.getsource(ctds.mean_gradient) == inspect.getsource(ms.mean_gradient)
-    # and its loss terms are plain means over samples: the mean over two equal halves is the whole's
-    k = jax.random.split(jax.random.PRNGKey(0), 5)
-    lp, old, adv, kl, v = (jax.random.normal(k[i], (8, 6)) * 0.3 for i in range(5))
-    terms = [lambda a: ctds.student_objective(lp[a], old[a], adv[a], jnp.abs(kl[a]), 2.0, 0.2)[0],
-             lambda a: ctds.teacher_objective(lp[a], old[a], adv[a], 0.2)[0],
-             lambda a: ctds.clipped_value_loss(v[a], old[a], adv[a], 0.2)]
-    for term in terms:
-        np.testing.assert_allclose(term(slice(None)), (term(slice(0, 4)) + term(slice(4, 8))) / 2, rtol=1e-6)
-
-
 @pytest.mark.parametrize("module", [ms, mm], ids=["sable", "mat"])
 def test_microbatches_give_the_minibatch_gradient(module):
     """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
     minibatch) trains the same run as one pass over it, up to float rounding: the same losses on every
-    update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences."""
+    update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences. (ctds.py's
+    minibatch step is magpo_sable.py's text: test_ctds.py.)"""
     runs = []
     tiny = {k: v for k, v in TINY.items() if not (module is mm and k == "stale_epoch_memory")}  # MAT: no memory
     for microbatch_size in (None, 4):
