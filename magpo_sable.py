@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -67,18 +67,8 @@ def system_name(args: Args) -> str:
 # Args
 # ==================================================================================================
 @dataclass(frozen=True)
-class Args:
-    # --- shared: spelled identically in every script ---
-    env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
-    seed: int = 0
-    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), the same keys and data whatever --num-seeds;
-    its numbers equal a run with other --num-seeds up to float rounding (XLA vectorises differently), which
-    then grows over training as in any chaotic system"""
-    num_seeds: int = 10
-    """independent seeds trained together in one compiled call (vmapped)"""
-    total_timesteps: int = 20_000_000
-    """environment steps per seed (each step moves all agents of one environment)"""
+class Args(runs.RunArgs):
+    # --- shared: spelled identically in every script (the run's other flags: runs.RunArgs) ---
     num_envs: int = 128
     """parallel training environments per seed (the paper: 64 envs x update_batch_size 2)"""
     rollout_length: int = 128
@@ -101,34 +91,10 @@ class Args:
     """value loss coefficient. NOTE(paper vs official code): the paper says 0.1; its code used 0.5"""
     max_grad_norm: float = 0.5
     """global gradient norm clip, per network"""
-    num_evals: int = 122
-    """evaluation checkpoints, evenly spaced over training"""
-    num_eval_episodes: int = 32
-    """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
-    greedy_eval: bool = False
-    """evaluate with the most likely action instead of sampling (the paper samples)"""
     recurrent_chunk_size: Annotated[int | None, runs.default_is("the whole rollout")] = None
     """truncated-BPTT chunk length for the update"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
-    preset: Literal["paper"] | None = None
-    """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
-    out_dir: str = "runs"
-    """where each run gets its own folder"""
-    run_name: Annotated[str | None, runs.default_is("<env-id>__<algo>__<seed>__<time>")] = None
-    """folder name under out_dir; never overwritten"""
-    track: bool = False
-    """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
-    wandb_project: str = "magpo"
-    """wandb project under --track"""
-    save_model: bool = False
-    """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
-    eval_from: str | None = None
-    """instead of training, reload the saved actors of this run folder and evaluate them"""
-    resume: str | None = None
-    """continue this run folder from its last checkpoint (runs/<run>); its other flags are the run's own"""
-    save_state: bool = True
-    """write the whole training state at every checkpoint (state.msgpack), which --resume continues from"""
 
     # --- MAGPO / Sable ---
     delta: float = 1.5
@@ -151,35 +117,17 @@ class Args:
     sequences (the same gradient, in pieces that fit the CPU's caches or a GPU's memory; the gcd with
     the minibatch's size is used, so that the passes are equal)"""
     shuffle_agents: bool = False
-    """NOTE(paper vs official code): the released code reorders the agents of the whole batch by one random
-    permutation per PPO epoch (rec_magpo.py:450-451, rec_sable.py:275-276, mat.py:252-253), which trains the
-    guider's decoder on agent orders other than the rollout's (its ratios start away from 1; the paper does not
-    say); --shuffle-agents does that. The default keeps the rollout's order, as the paper's text reads, whose
-    replay makes loss/first_ratio_dev exactly 0: it scored higher at 1M steps (docs/fidelity.md L7)"""
+    """NOTE(paper vs official code): reorder the agents of the whole batch by one random permutation per PPO
+    epoch, as the released code does (rec_magpo.py:450-451; the paper does not say). Default: the rollout's
+    order, as the paper's text reads, which scored higher at 1M steps (docs/fidelity.md L7)"""
     stale_epoch_memory: bool = False
-    """NOTE(paper vs official code): the released code, from the 2nd PPO epoch on, replays each sequence from
-    another sequence's stored guider memory (a bug there: rec_magpo.py:443-471 and rec_sable.py:267-298 store
-    the shuffled memories back beside the unshuffled trajectories; `next_memory_index`); --stale-epoch-memory
-    does that. The default replays each sequence from its own, the algorithm as the paper describes it
-    (docs/fidelity.md L8)"""
+    """NOTE(paper vs official code): from the 2nd PPO epoch on, replay each sequence from another sequence's
+    stored guider memory, as the released code does (a bug there: rec_magpo.py:443-471; `next_memory_index`).
+    Default: each sequence from its own, as the paper describes the algorithm (docs/fidelity.md L8)"""
     update_batch_size: int = 1
-    """NOTE(paper vs official code): as the released code's `update_batch_size` (2 in every run: its 64 envs per
-    batch are our 128), split the environments into this many equal groups that share every random key (the
-    rollout's sampling noise and the minibatch order), with the advantages normalised within each group's part
-    of a minibatch (rec_magpo.py:283, :356, :519, :643-665; `group_minibatches`). 1: minibatches over all
-    environments, advantages normalised over the minibatch, independent noise"""
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.rollout_length
-
-    @property
-    def num_updates(self) -> int:
-        return self.updates_per_eval * self.num_evals
-
-    @property
-    def updates_per_eval(self) -> int:
-        return self.total_timesteps // self.steps_per_update // self.num_evals
+    """NOTE(paper vs official code): the released code's `update_batch_size` (2 in every run: its 64 envs per
+    batch are our 128): this many equal groups of environments that share every random key, with advantages
+    normalised per group (rec_magpo.py:283, :643-665; `group_minibatches`). 1: one batch (docs/fidelity.md L9)"""
 
     @property
     def chunk_size(self) -> int:
@@ -758,41 +706,22 @@ def keep_best(best_params, best_return, params, mean_return):
     return best_params, jnp.where(better, mean_return, best_return)
 
 
-def mean_gradient(grad_fn, params, microbatches):
-    """(performance, not the algorithm: skip on a first read) The mean of `grad_fn(params, microbatch)
-    -> (grads, aux)` over the equal microbatches stacked on the leading axis of `microbatches`, one
-    after another (a lax.scan), with each one's aux stacked. Every loss term being a mean over samples,
-    this is the whole minibatch's gradient, in pieces whose activations can stay in cache."""
-
-    def add(total, microbatch):
-        grads, aux = grad_fn(params, microbatch)
-        return jax.tree_util.tree_map(jnp.add, total, grads), aux
-
-    total, aux = jax.lax.scan(add, jax.tree_util.tree_map(jnp.zeros_like, params), microbatches)
-    count = jax.tree_util.tree_leaves(microbatches)[0].shape[0]
-    return jax.tree_util.tree_map(lambda g: g / count, total), aux
-
-
 # The released code's update epochs, reproduced under --shuffle-agents and --stale-epoch-memory
 # (NOTE(paper vs official code): the paper describes neither). Each epoch it draws one permutation of the
 # environments and one of the agents (rec_magpo.py:439-451, rec_sable.py:263-276, mat.py:241-253).
 def reorder_agents(batch, actor_hidden, order):
-    """A gathered batch with its agents in `order` (--shuffle-agents). rec_magpo.py:451 takes `agent_perm`
-    on the agent axis of every array of its trajectories, advantages and targets, the learner's stored GRU
-    states included: here each (C, n, A, ...) array on axis 2 (the (C, n) ones are per environment: resets,
-    step counts, dones) and the learner's states (n, A, H) on axis 1. The guider's retention states have no
-    agent axis (they sum over all agents' tokens) and stay as they are, as there."""
+    """A gathered batch with its agents in `order` (--shuffle-agents), as rec_magpo.py:451 takes `agent_perm`
+    on the agent axis of everything: each (C, n, A, ...) array on axis 2 (the (C, n) ones are per environment)
+    and the learner's stored states (n, A, H) on axis 1. The guider's retention states have no agent axis."""
     batch = jax.tree_util.tree_map(lambda x: x if x.ndim == 2 else jnp.take(x, order, axis=2), batch)
     return batch, jnp.take(actor_hidden, order, axis=1)
 
 
 def next_memory_index(memory_index, order):
-    """Which stored guider memory each sequence is replayed from in the next epoch (--stale-epoch-memory).
-    Each epoch the released code gathers its trajectories and their start memories with one permutation p
-    (rec_magpo.py:443-447), pairs them position by position, then stores back the gathered memories beside
-    the ungathered trajectories (:471): if sequence i started from memory index[i] in this epoch, it starts
-    from index[p[i]] in the next. From arange(N) (the right memories, epoch 1), epoch e replays sequence i
-    from memory p_1[p_2[... p_(e-1)[i]]]. `order`: this epoch's p, the minibatches' sequences in order."""
+    """Which stored guider memory each sequence replays from in the next epoch (--stale-epoch-memory). The
+    released code gathers trajectories and start memories with one permutation p per epoch (rec_magpo.py:443-447)
+    but stores the gathered memories back beside the ungathered trajectories (:471): sequence i, replayed from
+    memory index[i] this epoch, replays from index[p[i]] in the next. `order`: this epoch's p."""
     return memory_index[order]
 
 
@@ -1065,7 +994,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                         hidden = Hidden(actor_hidden.reshape(-1, H), guider_hidden)
                         return jax.grad(loss, has_aux=True)(params, batch, hidden, micro_key)
 
-                    grads, losses = mean_gradient(microbatch_gradient, train_state.params,
+                    grads, losses = runs.mean_gradient(microbatch_gradient, train_state.params,
                                                   (micro_indices, micro_advantages, micro_keys))
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
                     return minibatch_update(train_state, grads), losses
@@ -1099,12 +1028,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             best_actor, best_return = keep_best(runner.best_actor, runner.best_return, deployed(runner.params),
                                                 returns.mean())
             runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
-            summary = {k: v.mean() for k, v in train_metrics.items()}
-            summary["episodes"] = train_metrics["episodes"].sum()
-            summary["params/max_abs"] = runs.max_abs(runner.params)  # not finite once a parameter is: diverged
-            for k in ("loss/first_ratio_dev", "loss/first_actor_ratio_dev"):
-                if k in train_metrics:
-                    summary[k] = train_metrics[k].max()
+            summary = runs.checkpoint_summary(train_metrics, runner.params)
             if not args.ctce:  # diagnostic: how well the guider itself plays, centralised
                 guider_returns, _ = evaluate(runner.params.guider, guider_key, args.num_eval_episodes, True)
                 summary["guider/episode_return"] = guider_returns.mean()
@@ -1138,17 +1062,8 @@ def evaluate_saved(args: Args) -> None:
     the learner on local observations, or the guider's joint policy for a --ctce run."""
 
     def load_policy(saved: Args, env: envs.MultiAgentEnv):  # -> (evaluate, the saved parameters' template)
-        actor, guider = make_networks(saved, env)
-        evaluate = jax.jit(make_evaluate(saved, env, actor, guider), static_argnums=(2, 3))
-        A, key = env.num_agents, jax.random.PRNGKey(0)
-        if saved.ctce:
-            action = jnp.zeros((1, 1, A, env.num_actions)) if env.continuous else jnp.zeros((1, 1, A), jnp.int32)
-            template = guider.init(key, zero_guider_hidden(saved, 1), jnp.zeros((1, 1, A, env.obs_dim)), action,
-                                   jnp.zeros((1, 1), bool), jnp.zeros((1, 1), jnp.int32),
-                                   jnp.ones((1, 1, A, env.num_actions), bool))
-        else:
-            template = actor.init(key, jnp.zeros((A, saved.hidden_dim)), jnp.zeros((1, A, env.obs_dim)),
-                                  jnp.zeros((1, A), bool), jnp.ones((1, A, env.num_actions), bool))
+        evaluate = jax.jit(make_evaluate(saved, env, *make_networks(saved, env)), static_argnums=(2, 3))
+        template = jax.eval_shape(make_train(saved, env).init, jax.random.PRNGKey(0)).best_actor  # shapes only
         return (lambda params, key, num_episodes: evaluate(params, key, num_episodes, saved.ctce)), template
 
     runs.evaluate_saved(args, Args, ALGO, load_policy)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -45,18 +45,8 @@ ALGO = "mappo"
 # Args
 # ==================================================================================================
 @dataclass(frozen=True)
-class Args:
-    # --- shared: spelled identically in every script ---
-    env_id: str = "rware-tiny-4ag"
-    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
-    seed: int = 0
-    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), the same keys and data whatever --num-seeds;
-    its numbers equal a run with other --num-seeds up to float rounding (XLA vectorises differently), which
-    then grows over training as in any chaotic system"""
-    num_seeds: int = 10
-    """independent seeds trained together in one compiled call (vmapped)"""
-    total_timesteps: int = 20_000_000
-    """environment steps per seed (each step moves all agents of one environment)"""
+class Args(runs.RunArgs):
+    # --- shared: spelled identically in every script (the run's other flags: runs.RunArgs) ---
     num_envs: int = 128
     """parallel training environments per seed (the paper: 64 envs x update_batch_size 2)"""
     rollout_length: int = 128
@@ -79,46 +69,10 @@ class Args:
     """value loss coefficient. NOTE(paper vs official code): the paper says 0.1; its code used 0.5"""
     max_grad_norm: float = 0.5
     """global gradient norm clip, per network"""
-    num_evals: int = 122
-    """evaluation checkpoints, evenly spaced over training"""
-    num_eval_episodes: int = 32
-    """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
-    greedy_eval: bool = False
-    """evaluate with the most likely action instead of sampling (the paper samples)"""
     recurrent_chunk_size: Annotated[int | None, runs.default_is("the whole rollout")] = None
     """truncated-BPTT chunk length for the update"""
     hidden_dim: int = 128
     """width of the MLP layers and of the GRU (the paper's Table 3: 128)"""
-    preset: Literal["paper"] | None = None
-    """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
-    out_dir: str = "runs"
-    """where each run gets its own folder"""
-    run_name: Annotated[str | None, runs.default_is("<env-id>__<algo>__<seed>__<time>")] = None
-    """folder name under out_dir; never overwritten"""
-    track: bool = False
-    """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
-    wandb_project: str = "magpo"
-    """wandb project under --track"""
-    save_model: bool = False
-    """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
-    eval_from: str | None = None
-    """instead of training, reload the saved actors of this run folder and evaluate them"""
-    resume: str | None = None
-    """continue this run folder from its last checkpoint (runs/<run>); its other flags are the run's own"""
-    save_state: bool = True
-    """write the whole training state at every checkpoint (state.msgpack), which --resume continues from"""
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.rollout_length
-
-    @property
-    def num_updates(self) -> int:
-        return self.updates_per_eval * self.num_evals
-
-    @property
-    def updates_per_eval(self) -> int:
-        return self.total_timesteps // self.steps_per_update // self.num_evals
 
     @property
     def chunk_size(self) -> int:
@@ -548,10 +502,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
             returns, metrics = evaluate(runner.params.actor, eval_key, args.num_eval_episodes)
             best_actor, best_return = keep_best(runner.best_actor, runner.best_return, runner.params.actor, returns.mean())
             runner = runner._replace(key=key, best_actor=best_actor, best_return=best_return)
-            summary = {k: v.mean() for k, v in train_metrics.items()}
-            summary["episodes"] = train_metrics["episodes"].sum()
-            summary["params/max_abs"] = runs.max_abs(runner.params)  # not finite once a parameter is: diverged
-            summary["loss/first_ratio_dev"] = train_metrics["loss/first_ratio_dev"].max()
+            summary = runs.checkpoint_summary(train_metrics, runner.params)
             out = {"eval/episode_return": returns, "eval/episode_metric": metrics, **summary}
             if report is not None:
                 jax.debug.callback(report, seed_index, index, out, runner if args.save_state else None)
@@ -581,11 +532,8 @@ def evaluate_saved(args: Args) -> None:
     """Reload the actors saved by a run (--save-model) and evaluate each on num_eval_episodes."""
 
     def load_policy(saved: Args, env: envs.MultiAgentEnv):  # -> (evaluate, the saved parameters' template)
-        actor, _ = make_networks(saved, env)
-        evaluate = jax.jit(make_evaluate(saved, env, actor), static_argnums=2)
-        template = actor.init(jax.random.PRNGKey(0), jnp.zeros((env.num_agents, saved.hidden_dim)),
-                              jnp.zeros((1, env.num_agents, env.obs_dim)), jnp.zeros((1, env.num_agents), bool),
-                              jnp.ones((1, env.num_agents, env.num_actions), bool))
+        evaluate = jax.jit(make_evaluate(saved, env, make_networks(saved, env)[0]), static_argnums=2)
+        template = jax.eval_shape(make_train(saved, env).init, jax.random.PRNGKey(0)).best_actor  # shapes only
         return evaluate, template
 
     runs.evaluate_saved(args, Args, ALGO, load_policy)

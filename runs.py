@@ -1,7 +1,8 @@
 """The run plumbing shared by the five training scripts (ippo.py, mappo.py, magpo_sable.py,
 magpo_mat.py, ctds.py): everything around the algorithm that is the same in all of them.
 
-- the command line: `parse_args` (tyro, its errors reduced to one line), `ArgError` and `cli`
+- the command line: `RunArgs` (the flags that are not the algorithm's, which every script's Args
+  extends), `parse_args` (tyro, its errors reduced to one line), `ArgError` and `cli`
   (a bad input is one line `error: ...` on stderr and exit code 2), the generic flag checks
   `check_run_args`, and --preset paper's lookup in paper_params.csv (`paper_row`, `preset_values`);
 - the run folder: `make_run_dir` (runs/<run-name>/, never overwritten) and `start_run`
@@ -18,7 +19,7 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
   builds it and the losses that use it stay in each script);
 - `fmt_time`.
 
-None of it is the algorithm: a script's Args, networks, losses, jitted training scan and
+None of it is the algorithm: a script's hyperparameters (its Args), networks, losses, jitted training scan and
 evaluation stay in the script, which passes in what differs (its name, the name of its method in
 the results, how to rebuild the policy it saved). To prototype a new method, copy one script with
 envs.py and this file.
@@ -40,7 +41,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, Literal, NamedTuple
 
 import flax.serialization
 import jax
@@ -190,11 +191,6 @@ def resumed_args(args, args_type: type, given: set[str]):
     return dataclasses.replace(saved, **own)
 
 
-# The flags every script's Args starts with, spelled and ordered identically (tests/test_runs.py checks it).
-SHARED_FLAGS = ("env_id", "seed", "num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_minibatches",
-                "ppo_epochs", "lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
-                "num_evals", "num_eval_episodes", "greedy_eval", "recurrent_chunk_size", "hidden_dim", "preset",
-                "out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from", "resume", "save_state")
 # The flags that change nothing a run computes: the only ones --resume lets differ from the run's config.json.
 OUTPUT_FLAGS = {"out_dir", "run_name", "track", "wandb_project", "save_model", "eval_from", "resume", "save_state"}
 
@@ -221,6 +217,67 @@ def default_is(description: str):
     """A flag whose default (None in Args) is decided later: --help shows `description` as its default
     instead of None (`Annotated[int | None, runs.default_is("the whole rollout")] = None`)."""
     return tyro.conf.arg(help_behavior_hint=f"(default: {description})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """The flags of a run that are not the algorithm's (the task, the seeds, the budget, the evaluation
+    protocol, the output): every script's Args subclasses this and adds its hyperparameters."""
+
+    env_id: str = "rware-tiny-4ag"
+    """task id, `family-task` (see envs.ENV_IDS / docs/environments.md), e.g. coordsum-3x10, rware-tiny-4ag"""
+    seed: int = 0
+    """base seed: seed i of the run uses fold_in(PRNGKey(seed), i), the same keys and data whatever --num-seeds;
+    its numbers equal a run with other --num-seeds up to float rounding (XLA vectorises differently), which
+    then grows over training as in any chaotic system"""
+    num_seeds: int = 10
+    """independent seeds trained together in one compiled call (vmapped)"""
+    total_timesteps: int = 20_000_000
+    """environment steps per seed (each step moves all agents of one environment)"""
+    num_evals: int = 122
+    """evaluation checkpoints, evenly spaced over training"""
+    num_eval_episodes: int = 32
+    """episodes per checkpoint (each on its own eval env); the absolute metric uses 10x as many"""
+    greedy_eval: bool = False
+    """evaluate with the most likely action instead of sampling (the paper samples)"""
+    preset: Literal["paper"] | None = None
+    """'paper': the paper's tuned hyperparameters for this task (paper_params.csv); explicit flags win"""
+    out_dir: str = "runs"
+    """where each run gets its own folder"""
+    run_name: Annotated[str | None, default_is("<env-id>__<algo>__<seed>__<time>")] = None
+    """folder name under out_dir; never overwritten"""
+    track: bool = False
+    """log to Weights & Biases (WANDB_MODE=offline works without a network)"""
+    wandb_project: str = "magpo"
+    """wandb project under --track"""
+    save_model: bool = False
+    """save each seed's final and best-checkpoint actor to runs/<run>/models/"""
+    eval_from: str | None = None
+    """instead of training, reload the saved actors of this run folder and evaluate them"""
+    resume: str | None = None
+    """continue this run folder from its last checkpoint (runs/<run>); its other flags are the run's own"""
+    save_state: bool = True
+    """write the whole training state at every checkpoint (state.msgpack), which --resume continues from"""
+
+    # The budget in updates (num_envs and rollout_length are the script's flags): whole updates per checkpoint.
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_length
+
+    @property
+    def num_updates(self) -> int:
+        return self.updates_per_eval * self.num_evals
+
+    @property
+    def updates_per_eval(self) -> int:
+        return self.total_timesteps // self.steps_per_update // self.num_evals
+
+
+# The flags every script's Args starts with, spelled and ordered identically (tests/test_runs.py checks it):
+# RunArgs', then the PPO settings that every script declares itself.
+SHARED_FLAGS = (*(f.name for f in dataclasses.fields(RunArgs)), "num_envs", "rollout_length", "num_minibatches",
+                "ppo_epochs", "lr", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm",
+                "recurrent_chunk_size", "hidden_dim")
 
 
 def paper_row(args, system: str, required: bool = True) -> dict | None:
@@ -618,6 +675,16 @@ def max_abs(params) -> jax.Array:
     return jnp.max(jnp.stack([jnp.abs(x).max() for x in jax.tree_util.tree_leaves(params)]))
 
 
+def checkpoint_summary(train_metrics: dict, params) -> dict:
+    """One checkpoint's training metrics from those of its updates (each (updates,)): their mean, but the
+    episodes summed and the first minibatch's ratio deviations (`loss/first_*`) their max; and the largest
+    |parameter|, `params/max_abs`, which is not finite once a parameter is (the run diverged)."""
+    summary = {k: v.sum() if k == "episodes" else v.max() if k.startswith("loss/first_") else v.mean()
+               for k, v in train_metrics.items()}
+    summary["params/max_abs"] = max_abs(params)
+    return summary
+
+
 def shard_seeds(*arrays):
     """Split the seed axis of `arrays` across the visible devices (JAX's sharding: the one compiled
     run is then partitioned by seed, each device training its share, and the progress callbacks
@@ -642,6 +709,21 @@ class Train(NamedTuple):
 
     def __call__(self, key, seed_index):
         return self.run(self.init(key), seed_index, 0)
+
+
+def mean_gradient(grad_fn, params, microbatches):
+    """(performance, not the algorithm: skip on a first read) The mean of `grad_fn(params, microbatch)
+    -> (grads, aux)` over the equal microbatches stacked on the leading axis of `microbatches`, one
+    after another (a lax.scan), with each one's aux stacked. Every loss term being a mean over samples,
+    this is the whole minibatch's gradient, in pieces whose activations can stay in cache."""
+
+    def add(total, microbatch):
+        grads, aux = grad_fn(params, microbatch)
+        return jax.tree_util.tree_map(jnp.add, total, grads), aux
+
+    total, aux = jax.lax.scan(add, jax.tree_util.tree_map(jnp.zeros_like, params), microbatches)
+    count = jax.tree_util.tree_leaves(microbatches)[0].shape[0]
+    return jax.tree_util.tree_map(lambda g: g / count, total), aux
 
 
 def scan_checkpoints(checkpoint: Callable, runner, first_checkpoint, num_evals: int):

@@ -96,7 +96,7 @@ SAME = ["TanhNormal", "policy_entropy", "ActionHead", "env_action",
         "Guider", "Retention", "EncodeBlock", "DecodeBlock", "SableHidden", "block_steps", "decay_rates",
         "positional_encoding", "map_policy", "Actor", "Transition", "compute_gae", "ppo_clip_objective",
         "make_networks", "make_optimizer", "make_evaluate", "parse_args",
-        "reorder_agents", "next_memory_index", "group_minibatches", "normalize_groups", "mean_gradient"]
+        "reorder_agents", "next_memory_index", "group_minibatches", "normalize_groups"]
 
 
 def test_ctds_is_magpo_sable_with_other_losses():
