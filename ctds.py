@@ -947,7 +947,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                         return jax.grad(loss, has_aux=True)(params, batch, hidden, micro_key)
 
                     grads, losses = runs.mean_gradient(microbatch_gradient, train_state.params,
-                                                  (micro_indices, micro_advantages, micro_keys))
+                                                       (micro_indices, micro_advantages, micro_keys))
                     losses = {k: v.max() if k.endswith("ratio_dev") else v.mean() for k, v in losses.items()}
                     return minibatch_update(train_state, grads), losses
 

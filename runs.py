@@ -8,7 +8,8 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
 - the run folder: `make_run_dir` (runs/<run-name>/, never overwritten) and `start_run`
   (config.json, wandb, the header line);
 - the compiled run: `Train` (a script's init and train), `scan_checkpoints`, `shard_seeds` (the seed
-  axis across devices) and `compile_and_run`;
+  axis across devices) and `compile_and_run`; two helpers called inside it, `mean_gradient` (a minibatch's
+  gradient summed over microbatches) and `checkpoint_summary` (a checkpoint's training metrics);
 - resuming (--resume): `resumed_args` (the run's own flags), `Reporter.write_state` / `restore`
   (state.msgpack at every checkpoint) and `restore_runner`;
 - the results: `Reporter` (the progress line, metrics.jsonl, marl_eval.json, absolute_metric.json,
@@ -19,10 +20,10 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
   builds it and the losses that use it stay in each script);
 - `fmt_time`.
 
-None of it is the algorithm: a script's hyperparameters (its Args), networks, losses, jitted training scan and
-evaluation stay in the script, which passes in what differs (its name, the name of its method in
-the results, how to rebuild the policy it saved). To prototype a new method, copy one script with
-envs.py and this file.
+None of it is the algorithm: a script's hyperparameters (its Args), networks, losses, jitted
+training scan and evaluation stay in the script, which passes in what differs (its name, the name of
+its method in the results, how to rebuild the policy it saved). To prototype a new method, copy one
+script with envs.py and this file.
 """
 
 from __future__ import annotations
