@@ -860,7 +860,7 @@ def make_train(args: Args, env: envs.MultiAgentEnv, report=None):
                 actor_hidden, actor_log_prob = runner.actor_hidden, jnp.zeros_like(log_prob)
                 if not args.ctce:
                     # Step the learner's GRU on its own observations, so that the hidden states stored
-                    # for the update are the ones its replay reaches (the released code missed this).
+                    # for the update are the ones its replay reaches (as d2ac38b does: docs/fidelity.md N3).
                     ts1 = jax.tree_util.tree_map(lambda x: x[None], ts)
                     actor_hidden, pi = actor.apply(runner.params.actor, runner.actor_hidden, agents_to_batch(ts1.obs),
                                                    jnp.repeat(ts1.reset, A, axis=1), agents_to_batch(ts1.action_mask))
