@@ -9,7 +9,7 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
   (config.json, wandb, the header line);
 - the compiled run: `Train` (a script's init and train), `scan_checkpoints`, `shard_seeds` (the seed
   axis across devices) and `compile_and_run`; two helpers called inside it, `mean_gradient` (a minibatch's
-  gradient summed over microbatches) and `checkpoint_summary` (a checkpoint's training metrics);
+  gradient as the mean of its microbatches') and `checkpoint_summary` (a checkpoint's training metrics);
 - resuming (--resume): `resumed_args` (the run's own flags), `Reporter.write_state` / `restore`
   (state.msgpack at every checkpoint) and `restore_runner`;
 - the results: `Reporter` (the progress line, metrics.jsonl, marl_eval.json, absolute_metric.json,

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from compare_reference import parse_console  # noqa: E402  (the harness's parser of the released console)
+from compare_reference import ANSI, InputError, check_reference, parse_console, reference_env  # noqa: E402
 
 SCRIPT = Path("mava/systems/gpo/anakin/rec_magpo.py")
 DIAG = SCRIPT.with_name("rec_magpo_diag.py")
@@ -90,8 +89,8 @@ def write_diag(magpo: Path) -> Path:
     text = (magpo / SCRIPT).read_text()
     for old, new in EDITS:
         if text.count(old) != 1:
-            sys.exit(f"error: {magpo / SCRIPT} is not the released d2ac38b file (an edit's text occurs "
-                     f"{text.count(old)} times)")
+            raise InputError(f"{magpo / SCRIPT} is not the released d2ac38b file (an edit's text occurs "
+                             f"{text.count(old)} times)")
         text = text.replace(old, new)
     (magpo / DIAG).write_text(text)
     return magpo / DIAG
@@ -99,52 +98,61 @@ def write_diag(magpo: Path) -> Path:
 
 def trainer_lines(console: str) -> list[dict]:
     """Every number of each block's TRAINER line, keyed by its label in snake_case."""
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", console)
+    plain = ANSI.sub("", console)
     return [{k.strip().lower().replace(" ", "_"): float(v) for k, v in re.findall(r"([A-Za-z ]+): ([-0-9.e]+)", line)}
             for line in re.findall(r"TRAINER - (.*)", plain)]
 
 
 def main() -> None:
+    try:
+        run(parse_args())
+    except InputError as error:  # bad input: one line, exit code 2
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="a magpo run folder of compare_reference.py (its harness.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", type=Path, default=Path(".reference"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/magpo_diag"))
     parser.add_argument("--console", type=Path, help="parse this console of an earlier diagnostic run instead of running")
-    a = parser.parse_args()
+    return parser.parse_args()
+
+
+def run(a: argparse.Namespace) -> None:
     header_path = a.run_dir / "harness.json"
     if not header_path.is_file():
-        sys.exit(f"error: no harness.json in {a.run_dir}")
+        raise InputError(f"no harness.json in {a.run_dir}")
     header = json.loads(header_path.read_text())
     if header["method"] != "magpo":
-        sys.exit(f"error: {a.run_dir} is a {header['method']} run, not magpo")
-    reference = a.reference.resolve()
-    magpo = reference / "MAGPO"
-    if not (reference / "venv" / "bin" / "python").exists():
-        sys.exit(f"error: no reference venv in {reference}: run `bash benchmarks/reference/setup.sh` first")
+        raise InputError(f"{a.run_dir} is a {header['method']} run, not magpo")
     if a.console:
         write_result(a, header, a.console.read_text())
         return
+    reference = a.reference.resolve()
+    magpo = reference / "MAGPO"
+    check_reference(reference)
     out = a.out.resolve() / f"seed_{a.seed}"
     out.mkdir(parents=True, exist_ok=True)
     diag = write_diag(magpo)
     overrides = [o for o in header["released"]["overrides_seed_0"]
                  if not o.startswith(("system.seed=", "logger.base_exp_path=", "hydra.run.dir="))]
     overrides += [f"system.seed={a.seed}", f"logger.base_exp_path={out / 'results'}", f"hydra.run.dir={out / 'hydra'}"]
-    env = dict(os.environ, PYTHONPATH=f"{reference / 'stubs'}:{magpo}", JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     print(f"running {diag.relative_to(magpo)} seed {a.seed} (console -> {out / 'console.log'})", flush=True)
     with open(out / "console.log", "w") as log:
         done = subprocess.run([str(reference / "venv" / "bin" / "python"), str(diag.relative_to(magpo)), *overrides],
-                              cwd=magpo, env=env, stdout=log, stderr=subprocess.STDOUT)
+                              cwd=magpo, env=reference_env(reference), stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
-        sys.exit(f"error: the diagnostic run failed (exit {done.returncode}); see {out / 'console.log'}")
+        raise InputError(f"the diagnostic run failed (exit {done.returncode}); see {out / 'console.log'}")
     write_result(a, header, (out / "console.log").read_text())
 
 
 def write_result(a, header: dict, console: str) -> None:
     c = header["config"]
     parsed = parse_console(console, c["total_timesteps"] // c["num_evals"])
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", console)
+    plain = ANSI.sub("", console)
     result = {"run_dir": str(a.run_dir), "seed": a.seed, "trainer": trainer_lines(console),
               "episode_return": parsed["episode_return"], "absolute_episode_return": parsed["absolute_episode_return"],
               "train_episode_return": [float(x) for x in re.findall(r"ACTOR - .*?Episode return mean: ([-0-9.]+)", plain)]}
