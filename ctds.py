@@ -144,17 +144,7 @@ def check_args(args: Args) -> None:
 def apply_preset(args: Args, explicit: set[str]) -> Args:
     """The paper's tuned values for this task, under every explicitly given flag. The paper lists no
     CTDS rows: its CTDS is MAGPO without the constraint, so MAGPO's row is used, without its δ and λ."""
-    row = runs.paper_row(args, "magpo")  # None without --preset
-    columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
-        "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
-        "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
-        "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
-        "actor_lr": ("lr", float),
-        # one learning rate for guider and learner; the CoordSum rows store it as critic_lr
-        "critic_lr": ("lr", float), "n_embd": ("embed_dim", int), "n_head": ("n_head", int),
-        "n_block": ("n_block", int), "decay_scaling_factor": ("decay_scaling_factor", float),
-    }
-    return runs.preset_values(args, row, columns, explicit)
+    return runs.preset_values(args, runs.paper_row(args, "magpo"), explicit, skip=("alpha", "delta"))
 
 
 # ==================================================================================================

@@ -172,16 +172,7 @@ def apply_preset(args: Args, explicit: set[str]) -> Args:
     magpo = runs.paper_row(args, "magpo", required=False)
     if row is not None and not args.ctce and magpo is not None:
         row = {**row, "alpha": magpo["alpha"], "delta": magpo["delta"]}
-    columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
-        "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
-        "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
-        "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
-        "actor_lr": ("lr", float),
-        # one learning rate for guider and learner; the CoordSum rows store it as critic_lr
-        "critic_lr": ("lr", float), "n_embd": ("embed_dim", int), "n_head": ("n_head", int),
-        "n_block": ("n_block", int), "alpha": ("lam", float), "delta": ("delta", float),
-    }
-    return runs.preset_values(args, row, columns, explicit)
+    return runs.preset_values(args, row, explicit)
 
 
 # ==================================================================================================

@@ -85,14 +85,7 @@ def check_args(args: Args) -> None:
 
 def apply_preset(args: Args, explicit: set[str]) -> Args:
     """The paper's tuned values for this task and algorithm, under every explicitly given flag."""
-    row = runs.paper_row(args, ALGO)  # None without --preset
-    columns = {  # csv column -> flag; the paper's 64 envs x update_batch_size 2 are our 128 envs
-        "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
-        "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
-        "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
-        "actor_lr": ("lr", float),
-    }
-    return runs.preset_values(args, row, columns, explicit)
+    return runs.preset_values(args, runs.paper_row(args, ALGO), explicit)  # args as they are without --preset
 
 
 # ==================================================================================================

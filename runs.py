@@ -4,7 +4,7 @@ magpo_mat.py, ctds.py): everything around the algorithm that is the same in all 
 - the command line: `RunArgs` (the flags that are not the algorithm's, which every script's Args
   extends), `parse_args` (tyro, its errors reduced to one line), `ArgError` and `cli`
   (a bad input is one line `error: ...` on stderr and exit code 2), the generic flag checks
-  `check_run_args`, and --preset paper's lookup in paper_params.csv (`paper_row`, `preset_values`);
+  `check_run_args`, and --preset paper's lookup in paper_params.csv (`paper_row`, `PRESET_COLUMNS`, `preset_values`);
 - the run folder: `make_run_dir` (runs/<run-name>/, never overwritten) and `start_run`
   (config.json, wandb, the header line);
 - the compiled run: `Train` (a script's init and train), `scan_checkpoints`, `shard_seeds` (the seed
@@ -301,12 +301,27 @@ def paper_row(args, system: str, required: bool = True) -> dict | None:
     return row
 
 
-def preset_values(args, row: dict | None, columns: dict, explicit: set[str]):
-    """args with the values of `row` (none: args as they are), `columns` mapping a csv column to
-    (flag, type), under every flag in `explicit` (those given on the command line win)."""
+# paper_params.csv's columns -> (flag, type), the flags spelled alike in every script; each script takes those its
+# Args has. The paper's 64 envs x update_batch_size 2 are our 128 envs (num_envs is not taken). One learning rate
+# for every network: the guided methods' CoordSum rows store it as critic_lr (no row gives two different ones).
+PRESET_COLUMNS = {
+    "num_minibatches": ("num_minibatches", int), "max_grad_norm": ("max_grad_norm", float),
+    "ppo_epochs": ("ppo_epochs", int), "clip_eps": ("clip_eps", float),
+    "recurrent_chunk_size": ("recurrent_chunk_size", int), "ent_coef": ("ent_coef", float),
+    "actor_lr": ("lr", float), "critic_lr": ("lr", float), "n_embd": ("embed_dim", int), "n_head": ("n_head", int),
+    "n_block": ("n_block", int), "decay_scaling_factor": ("decay_scaling_factor", float),
+    "alpha": ("lam", float), "delta": ("delta", float),
+}
+
+
+def preset_values(args, row: dict | None, explicit: set[str], skip: tuple[str, ...] = ()):
+    """args with the values of `row` (None: args as they are) for every flag of PRESET_COLUMNS that args
+    has, but the csv columns in `skip`, under every flag in `explicit` (those given on the command line win)."""
     if row is None:
         return args
-    values = {flag: cast(row[col]) for col, (flag, cast) in columns.items() if row.get(col)}
+    fields = {field.name for field in dataclasses.fields(args)}
+    values = {flag: cast(row[col]) for col, (flag, cast) in PRESET_COLUMNS.items()
+              if flag in fields and col not in skip and row.get(col)}
     return dataclasses.replace(args, **{k: v for k, v in values.items() if k not in explicit})
 
 

@@ -42,7 +42,8 @@ def test_each_script_uses_runs_plumbing(module):
     assert "runs.parse_args(Args, apply_preset, __doc__, argv)" in inspect.getsource(module.parse_args)
     assert "runs.check_run_args(args" in inspect.getsource(module.check_args)
     assert "runs.paper_row(args, " in inspect.getsource(module.apply_preset)
-    assert "runs.preset_values(args, row, columns, explicit)" in inspect.getsource(module.apply_preset)
+    assert "runs.preset_values(args, " in inspect.getsource(module.apply_preset)  # runs.PRESET_COLUMNS, one mapping
+    assert "columns" not in inspect.getsource(module.apply_preset)
     assert source.rstrip().endswith('if __name__ == "__main__":\n    runs.cli(main)')
     guided = hasattr(module, "Guider")
     assert ('columns={"guider/episode_return": "guider"}' in main) == guided
