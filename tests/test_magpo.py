@@ -407,8 +407,9 @@ def test_act_in_groups_gives_the_groups_one_sampling_noise():
 
 def test_update_batch_size_replays_its_rollout():
     """Two groups of 4 envs: each update's first minibatch replays the rollout exactly (the grouped acting
-    and the grouped minibatches line up), and the run is not the ungrouped one."""
-    grouped, plain = run_train(1, update_batch_size=2)["history"], run_train(1)["history"]
+    and the grouped minibatches line up), and the run is not the ungrouped one. lr = 0 (the networks stay
+    as they are, so every minibatch's replay must match; the ungrouped run is the shuffle test's `off`)."""
+    grouped, plain = run_train(1, lr=0.0, update_batch_size=2)["history"], run_train(1, lr=0.0)["history"]
     assert (grouped["loss/first_ratio_dev"] < 1e-5).all(), grouped["loss/first_ratio_dev"]
     assert (grouped["loss/first_actor_ratio_dev"] < 1e-5).all()
     assert grouped["loss/guider"][0, 0] != plain["loss/guider"][0, 0]
