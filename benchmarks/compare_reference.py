@@ -80,13 +80,12 @@ TASKS: dict[str, list[str] | None] = {
     "lbf-8x8-2p-2f-coop": ["env=lbf", "env/scenario=8x8-2p-2f-coop"],
     "mpe-simple_spread_3ag": ["env=mpe", "env/scenario=simple_spread_3ag"],
     "rware-tiny-2ag": ["env=rware", "env/scenario=tiny-2ag"],
-    "connector-5x5x3a": None,
+    # The released code's vector view (env=vector-connector, docs/fidelity.md E19) of jumanji's Connector-v2,
+    # which only jumanji <= 1.1.1 registers: these runs put setup.sh's jumanji 1.1.1 first on PYTHONPATH.
+    "connector-5x5x3a": ["env=vector-connector", "env/scenario=con-5x5x3a"],
 }
-CANNOT_RUN = {
-    "connector-5x5x3a": "the released code's Connector (env=vector-connector, env/scenario=con-5x5x3a) is jumanji's "
-                        "`Connector-v2`, which the reference venv's jumanji 1.1.2 does not register (it has "
-                        "Connector-v3, another generator); the released code cannot run it there",
-}
+CANNOT_RUN: dict[str, str] = {}  # a task the reference venv cannot run -> why (refused with exit code 2)
+EXTRA_PATHS = {"connector-5x5x3a": "jumanji-1.1.1"}  # task -> a folder of the reference put first on PYTHONPATH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,15 +239,18 @@ def run_name(task: str, method: str, c: dict, tag: str | None) -> str:
 # --------------------------------------------------------------------------------------------------
 # The reference venv: environment, the patch check, the composed config
 # --------------------------------------------------------------------------------------------------
-def reference_env(reference: Path) -> dict:
-    return dict(os.environ, PYTHONPATH=f"{reference / 'stubs'}:{reference / 'MAGPO'}",
+def reference_env(reference: Path, task: str | None = None) -> dict:
+    paths = [reference / EXTRA_PATHS[task]] if task in EXTRA_PATHS else []
+    return dict(os.environ, PYTHONPATH=":".join(map(str, [*paths, reference / "stubs", reference / "MAGPO"])),
                 JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
 
 
-def check_reference(reference: Path) -> None:
-    if not (reference / "venv" / "bin" / "python").exists() or not (reference / "MAGPO" / "mava").is_dir():
-        raise InputError(f"no reference venv in {reference}: run `bash benchmarks/reference/setup.sh` first "
-                         f"(MAGPO_SRC=<a clone> to clone from a local copy)")
+def check_reference(reference: Path, task: str | None = None) -> None:
+    missing = [reference / EXTRA_PATHS[task]] if task in EXTRA_PATHS else []
+    missing = [p for p in [reference / "venv" / "bin" / "python", reference / "MAGPO" / "mava", *missing] if not p.exists()]
+    if missing:
+        raise InputError(f"no reference venv in {reference} ({missing[0]} is missing): run "
+                         f"`bash benchmarks/reference/setup.sh` first (MAGPO_SRC=<a clone> to clone from a local copy)")
 
 
 CHECK_PATCH = r'''
@@ -321,10 +323,10 @@ def check_patch(reference: Path) -> None:
     print(lines[-1])
 
 
-def composed_config(reference: Path, script: str, overrides: list[str]) -> str:
+def composed_config(reference: Path, script: str, overrides: list[str], task: str | None = None) -> str:
     """The config Hydra composes for the released script from the overrides (`--cfg job --resolve`)."""
     done = subprocess.run([str(reference / "venv" / "bin" / "python"), script, *overrides, "--cfg", "job", "--resolve"],
-                          cwd=reference / "MAGPO", env=reference_env(reference), capture_output=True, text=True)
+                          cwd=reference / "MAGPO", env=reference_env(reference, task), capture_output=True, text=True)
     if done.returncode != 0:
         tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
         raise InputError(f"the released code refuses the overrides: {tail}")
@@ -413,7 +415,7 @@ def run_released(reference: Path, task: str, method: str, c: dict, run_dir: Path
             return None
 
         t0 = time.time()
-        code = stream(command, reference / "MAGPO", reference_env(reference), seed_dir / "console.log", show)
+        code = stream(command, reference / "MAGPO", reference_env(reference, task), seed_dir / "console.log", show)
         wall = time.time() - t0
         text = (seed_dir / "console.log").read_text()
         try:
@@ -474,7 +476,7 @@ def prepare_run(reference: Path, task: str, method: str, c: dict, out_dir: Path,
     argv = ours_argv(task, method, c, run_dir)
     args = ours_args(method, argv)
     seed0 = released_overrides(task, method, c, 0, run_dir / "released" / "seed_0")
-    composed = composed_config(reference, METHODS[method].released_script, seed0)
+    composed = composed_config(reference, METHODS[method].released_script, seed0, task)
     header = {"task": task, "method": method, "config": c,
               "released": {"script": METHODS[method].released_script, "overrides_seed_0": seed0,
                            "seeds": list(range(c["num_seeds"]))},
@@ -714,7 +716,8 @@ def main(argv=None) -> int:
             if method not in METHODS:
                 raise InputError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         reference = opts.reference.resolve()
-        check_reference(reference)
+        for task in opts.tasks:
+            check_reference(reference, task)
         given = {key: getattr(opts, key) for key in FLAG_TYPES}
         for key, value in given.items():  # a flag applies to the methods that have the setting
             if value is not None and not any(key in {**METHODS[m].defaults, **COMMON} for m in opts.methods):

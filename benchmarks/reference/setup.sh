@@ -45,6 +45,11 @@ PIP="$DIR/venv/bin/pip"
 # jax-pinning packages whose declared requirements would move jax: installed without their dependencies
 "$PIP" install -q --no-deps "jumanji==1.1.2" "esquilax==2.1.0" "jaxmarl==0.2.0" "gymnax==1.0.1" \
   "jax-tqdm==0.4.0" "matrax==0.0.5" "lbforaging==2.0.0" "rware==2.0.0"
+# Connector: the released code makes `Connector-v2` (mava/configs/env/scenario/con-*.yaml), which jumanji 1.1.2
+# no longer registers (its Connector-v3 draws boards from another generator). jumanji 1.1.1 registers v2, so it
+# goes into a folder of its own that benchmarks/compare_reference.py puts first on PYTHONPATH for Connector
+# runs only; every other task keeps 1.1.2.
+[ -d "$DIR/jumanji-1.1.1/jumanji" ] || "$PIP" install -q --no-deps --target "$DIR/jumanji-1.1.1" "jumanji==1.1.1"
 
 STUBS="$DIR/stubs"
 mkdir -p "$STUBS/gigastep/gigastep_env" "$STUBS/marl_eval" "$STUBS/brax/envs"
