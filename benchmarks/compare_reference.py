@@ -7,6 +7,7 @@
         --total-timesteps 16384 --num-evals 2 --num-envs 16 --rollout-length 64 --out-dir /tmp/refcheck \\
         --figures /tmp/refcheck/figures --page /tmp/refcheck/reference_check.md   # a smoke test
     python benchmarks/compare_reference.py --plot-only    # redraw every figure and the table from the stored runs
+    python benchmarks/compare_reference.py --ages benchmarks/results/reference_check/<run>  # one run, age by age
 
 The released code (liyheng/MAGPO d2ac38b, on Mava) runs in the venv that setup.sh built, one seed per
 process as it runs (`system.seed=0..K-1`); ours runs in one process of our script with `--seed 0
@@ -582,6 +583,29 @@ def common_auc(run: Stored) -> tuple[np.ndarray, np.ndarray]:
     return pick(run.released), pick(run.ours)
 
 
+def equal_ages(run_dir: Path) -> None:
+    """--ages: one run's returns at every parameter age, and the best checkpoint of each side among the ages
+    both scored (32-episode evaluations, not the absolute metric's re-evaluation): what the table's absolute
+    metric compares once ours' one extra block (docs/fidelity.md V2) is left out."""
+    run = load_stored(run_dir) if (run_dir / "harness.json").is_file() else None
+    if run is None:
+        raise InputError(f"{run_dir}: not a finished run folder (both sides' results are needed)")
+    rel, ours = run.released, run.ours
+    ages = sorted(set(rel.steps.tolist()) & set(ours.steps.tolist()))
+    at = lambda side, a: side.returns[:, side.steps.tolist().index(a)] if a in side.steps.tolist() else None
+    print(f"{run.path.name}: mean evaluation return over seeds at each parameter age; ours - released [95% CI]")
+    for a in sorted(set(rel.steps.tolist()) | set(ours.steps.tolist())):
+        r, o = at(rel, a), at(ours, a)
+        cells = [f"{x.mean():8.3f}" if x is not None else f"{'-':>8}" for x in (r, o)]
+        diff = "{:+.3f} [{:+.3f}, {:+.3f}]".format(*bootstrap_difference(o, r)) if r is not None and o is not None else ""
+        print(f"  {fmt_steps(a):>7}  released {cells[0]}  ours {cells[1]}  {diff}")
+    pick = lambda side: side.returns[:, [side.steps.tolist().index(a) for a in ages]].max(1)
+    print("best checkpoint among the ages both scored ({} to {}): released {:.3f}, ours {:.3f}, "
+          "ours - released {:+.3f} [{:+.3f}, {:+.3f}]".format(fmt_steps(ages[0]), fmt_steps(ages[-1]),
+                                                              pick(rel).mean(), pick(ours).mean(),
+                                                              *bootstrap_difference(pick(ours), pick(rel))))
+
+
 def plot_run(run: Stored, path: Path, reps: int) -> None:
     import matplotlib
 
@@ -696,6 +720,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check-patch", action="store_true", help="only check the decay-mask patch, then exit")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures and the table")
     parser.add_argument("--dry-run", action="store_true", help="print both sides' configurations, run nothing")
+    parser.add_argument("--ages", type=Path, metavar="RUN_DIR",
+                        help="only print one stored run's returns at every parameter age and its equal-age best checkpoints")
     for key, kind in FLAG_TYPES.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None,
                             help=f"default: {', '.join(f'{m} {v}' for m, v in _defaults(key))}")
@@ -706,6 +732,9 @@ def main(argv=None) -> int:
             return 0
         if opts.plot_only:
             redraw(opts.out_dir, opts.figures, opts.page, opts.reps)
+            return 0
+        if opts.ages:
+            equal_ages(opts.ages)
             return 0
         for task in opts.tasks:
             if task not in TASKS:
