@@ -108,7 +108,7 @@ def test_ctds_is_magpo_sable_with_other_losses():
 def test_ctds_steps_its_minibatches_with_magpo_sables_code():
     """The microbatched minibatch step (from `def gather_and_update` to the update it returns) is magpo_sable.py's
     word for word, and the loss terms it sums are plain means over samples (two equal halves average to the
-    whole), so test_magpo.py's microbatch test covers ctds.py too."""
+    whole), so test_magpo.py's microbatch test, run on Sable and MAT, covers ctds.py too."""
     def minibatch_step(module) -> list[str]:
         lines = inspect.getsource(module.make_train).splitlines()
         start = next(i for i, l in enumerate(lines) if "def gather_and_update(" in l)

@@ -356,10 +356,11 @@ def test_next_memory_index_is_the_released_codes_permute_and_store_back():
         composed = composed[perm]
 
 
-def test_stale_epoch_memory_replays_the_first_epoch_exactly_and_changes_the_second_on():
-    """Two epochs: the first replays from each sequence's own memory either way (its ratios are 1 on every
-    update's first minibatch); from the second on the released code's stale memories make it another run.
-    (The index map itself: test_next_memory_index_is_the_released_codes_permute_and_store_back.)"""
+def test_stale_epoch_memory_changes_nothing_in_one_epoch_and_the_second_epoch_on():
+    """One epoch replays from the right memories either way: the same run to the bit. Two epochs: the first
+    epoch's ratios are still 1, the run is another."""
+    off, on = run_train(1, ctce=True, ppo_epochs=1), run_train(1, ctce=True, ppo_epochs=1, stale_epoch_memory=True)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, on, off)
     # the run without the flag is test_ctce_trains_sable_alone_deploys_it_and_runs_are_deterministic's
     off, on = run_train(1, ctce=True)["history"], run_train(1, ctce=True, stale_epoch_memory=True)["history"]
     assert (on["loss/first_ratio_dev"] < 1e-5).all(), on["loss/first_ratio_dev"]
@@ -441,17 +442,18 @@ def test_the_released_codes_epoch_flags_read_the_same_in_every_script():
         mm.parse_args(["--stale-epoch-memory"])
 
 
-def test_microbatches_give_the_minibatch_gradient():
+@pytest.mark.parametrize("module", [ms, mm], ids=["sable", "mat"])
+def test_microbatches_give_the_minibatch_gradient(module):
     """A minibatch's gradient summed over 4 microbatches (the advantages normalised over the whole
     minibatch) trains the same run as one pass over it, up to float rounding: the same losses on every
-    update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences. This covers
-    magpo_mat.py and ctds.py too: their minibatch step is this script's text (their diff-ladder tests), and
-    neither guider mixes samples (MAT's norms, like Sable's, act per token)."""
+    update and the same learner after 4 updates x 2 epochs x 2 minibatches of 16 sequences. (ctds.py's
+    minibatch step is magpo_sable.py's text: test_ctds.py.)"""
     runs = []
+    tiny = {k: v for k, v in TINY.items() if not (module is mm and k == "stale_epoch_memory")}  # MAT: no memory
     for microbatch_size in (None, 4):
-        args = ms.Args(**TINY, num_seeds=1, microbatch_size=microbatch_size)
+        args = module.Args(**tiny, num_seeds=1, microbatch_size=microbatch_size)
         assert args.microbatch_sequences == (16 if microbatch_size is None else 4)
-        train = fast_jit(jax.vmap(ms.make_train(args, envs.make(args.env_id))))
+        train = fast_jit(jax.vmap(module.make_train(args, envs.make(args.env_id))))
         runs.append(jax.device_get(train(jnp.array([jax.random.PRNGKey(0)]), jnp.arange(1))))
     whole, micro = runs
     for k in ("loss/guider", "loss/value", "loss/entropy", "loss/actor", "loss/kl", "loss/first_ratio_dev"):
